@@ -1,0 +1,474 @@
+//! Typed settings: every name the rules use, with the design's defaults.
+//!
+//! `Settings` is what the operator writes (YAML, camelCase, unknown keys rejected); it may say
+//! `auto`. `Settings::resolve` turns it into a [`Config`] with concrete [`Modes`], once, before
+//! anything is served: the rules never see `auto`.
+
+use std::{collections::BTreeSet, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// serde_yaml names the offending key (`unknown field`, `invalid value`) and its position.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid config file {path}: {key}: {reason}")]
+    Value { path: String, key: &'static str, reason: String },
+}
+
+/// How notebooks and trials authenticate to Kubeflow Pipelines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KfpAccess {
+    /// The prototype's recipe: an Istio grant plus an EnvoyFilter adding `kubeflow-userid`.
+    Header,
+    /// Current KFP: a projected ServiceAccount token (PodDefault + pod injection).
+    Token,
+}
+
+/// Which Istio API grants the profile's service account access to ml-pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IstioRbac {
+    ServiceRoleBinding,
+    AuthorizationPolicy,
+}
+
+/// How a trial's training container is kept from starting before the Istio proxy is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyStartup {
+    /// Trial Jobs get `holdApplicationUntilProxyStarts`; pods without it are wrapped as `WaitReady`.
+    HoldAnnotation,
+    /// The training container polls the proxy's readiness endpoint (bounded) before it starts.
+    WaitReady,
+    /// The training container sleeps a fixed time first (Istio < 1.6 has no readiness port).
+    Sleep,
+}
+
+/// How the metrics collector stops the Istio proxy when it has finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyShutdown {
+    /// `POST /quitquitquit` on pilot-agent's status port.
+    Quitquitquit,
+    /// `pkill -INT pilot-agent` through the shared process namespace (Istio 1.3).
+    Pkill,
+}
+
+/// A setting that is either fixed by the operator or decided from API discovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Choice<T> {
+    #[default]
+    Auto,
+    Fixed(T),
+}
+
+impl<T> Choice<T> {
+    /// The fixed value, or for `auto` the choice matching the cluster's Istio generation.
+    fn decide(self, legacy_istio: bool, legacy: T, modern: T) -> T {
+        match self {
+            Choice::Fixed(v) => v,
+            Choice::Auto if legacy_istio => legacy,
+            Choice::Auto => modern,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr<T> {
+            Auto(AutoTag),
+            Fixed(T),
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum AutoTag {
+            Auto,
+        }
+        // Untagged enums lose the inner error, so name the accepted words ourselves.
+        let value = serde_yaml::Value::deserialize(d)?;
+        match Repr::<T>::deserialize(value.clone()) {
+            Ok(Repr::Auto(AutoTag::Auto)) => Ok(Choice::Auto),
+            Ok(Repr::Fixed(v)) => Ok(Choice::Fixed(v)),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "unsupported value {}",
+                serde_yaml::to_string(&value).unwrap_or_default().trim()
+            ))),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Choice<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Choice::Auto => s.serialize_str("auto"),
+            Choice::Fixed(v) => v.serialize(s),
+        }
+    }
+}
+
+/// The whole configuration file. Every key is optional; absent keys take the defaults.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// Namespace of the Kubeflow control plane (ml-pipeline, Katib's own trials).
+    pub kubeflow_namespace: String,
+    /// Label marking workloads that may reach ml-pipeline as the namespace owner.
+    pub extension_label: String,
+    /// Label the notebook controller puts on notebook pods.
+    pub notebook_label: String,
+    /// Service account Trial Jobs run as, and the principal granted in header mode.
+    pub service_account: String,
+    /// Namespaces whose objects are never changed (the webhook's namespaceSelector excludes them too).
+    pub excluded_namespaces: Vec<String>,
+    pub kfp_access: Choice<KfpAccess>,
+    pub istio_rbac: Choice<IstioRbac>,
+    pub ml_pipeline: MlPipeline,
+    pub katib: Katib,
+    pub istio: Istio,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MlPipeline {
+    /// Host of the ml-pipeline API as the EnvoyFilter's virtual host names it.
+    pub host: String,
+    pub port: u16,
+    /// Legacy ServiceRole that header-mode ServiceRoleBindings refer to.
+    pub service_role: String,
+    /// `app` label of the ml-pipeline pods (AuthorizationPolicy selector).
+    pub app_label: String,
+    /// Header carrying the user identity in header mode.
+    pub user_id_header: String,
+    /// Audience of the projected token in token mode.
+    pub token_audience: String,
+    pub token_expiration_seconds: i64,
+    /// Directory the token is mounted in; the token file is `<dir>/token`.
+    pub token_mount_path: String,
+    /// Name of the per-profile PodDefault in token mode.
+    pub pod_default_name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Katib {
+    /// Names of Katib's metrics collector sidecar; a pod with one of them is a trial pod.
+    pub metrics_collector_containers: Vec<String>,
+    /// The collector image's entrypoint, run when the container gives no command.
+    pub metrics_collector_entrypoint: String,
+    pub proxy_startup: Choice<ProxyStartup>,
+    pub proxy_startup_timeout_seconds: u32,
+    pub sleep_seconds: u32,
+    pub proxy_shutdown: Choice<ProxyShutdown>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Istio {
+    /// Name of the injected proxy container.
+    pub proxy_container: String,
+    /// Proxy readiness endpoint (Istio >= 1.6).
+    pub readiness_url: String,
+    /// pilot-agent's shutdown endpoint.
+    pub quit_url: String,
+    /// Process name signalled in `pkill` mode.
+    pub pilot_agent_process: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kubeflow_namespace: "kubeflow".into(),
+            extension_label: "kubeflow-extension".into(),
+            notebook_label: "notebook-name".into(),
+            service_account: "default-editor".into(),
+            excluded_namespaces: vec!["kube-system".into(), "tenancy-fixer".into()],
+            kfp_access: Choice::Auto,
+            istio_rbac: Choice::Auto,
+            ml_pipeline: MlPipeline::default(),
+            katib: Katib::default(),
+            istio: Istio::default(),
+        }
+    }
+}
+
+impl Default for MlPipeline {
+    fn default() -> Self {
+        Self {
+            host: "ml-pipeline.kubeflow.svc.cluster.local".into(),
+            port: 8888,
+            service_role: "ml-pipeline-services".into(),
+            app_label: "ml-pipeline".into(),
+            user_id_header: "kubeflow-userid".into(),
+            token_audience: "pipelines.kubeflow.org".into(),
+            token_expiration_seconds: 7200,
+            token_mount_path: "/var/run/secrets/kubeflow/pipelines".into(),
+            pod_default_name: "access-ml-pipeline".into(),
+        }
+    }
+}
+
+impl Default for Katib {
+    fn default() -> Self {
+        Self {
+            metrics_collector_containers: vec![
+                "metrics-logger-and-collector".into(),
+                "metrics-collector".into(),
+            ],
+            metrics_collector_entrypoint: "./file-metricscollector".into(),
+            proxy_startup: Choice::Auto,
+            proxy_startup_timeout_seconds: 60,
+            sleep_seconds: 10,
+            proxy_shutdown: Choice::Auto,
+        }
+    }
+}
+
+impl Default for Istio {
+    fn default() -> Self {
+        Self {
+            proxy_container: "istio-proxy".into(),
+            readiness_url: "http://127.0.0.1:15021/healthz/ready".into(),
+            quit_url: "http://127.0.0.1:15020/quitquitquit".into(),
+            pilot_agent_process: "pilot-agent".into(),
+        }
+    }
+}
+
+/// The group/versions a cluster serves, as far as `auto` cares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    served: BTreeSet<String>,
+}
+
+/// Served only by Istio < 1.6, whose clusters run the prototype's Kubeflow.
+pub const LEGACY_ISTIO_RBAC: &str = "rbac.istio.io/v1alpha1";
+
+impl Capabilities {
+    /// What a current cluster serves: the answer `auto` gives offline.
+    pub fn modern() -> Self {
+        Self::default()
+    }
+
+    pub fn from_group_versions<I: IntoIterator<Item = S>, S: Into<String>>(served: I) -> Self {
+        Self { served: served.into_iter().map(Into::into).collect() }
+    }
+
+    pub fn serves(&self, group_version: &str) -> bool {
+        self.served.contains(group_version)
+    }
+
+    fn legacy_istio(&self) -> bool {
+        self.serves(LEGACY_ISTIO_RBAC)
+    }
+}
+
+/// Concrete choices, `auto` resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Modes {
+    pub kfp_access: KfpAccess,
+    pub istio_rbac: IstioRbac,
+    pub proxy_startup: ProxyStartup,
+    pub proxy_shutdown: ProxyShutdown,
+}
+
+/// Settings plus resolved modes: what every rule and builder reads.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    pub modes: Modes,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Settings::default().resolve(&Capabilities::modern())
+    }
+}
+
+impl Settings {
+    /// Reads a YAML settings file; unknown keys and bad values are errors naming the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::from_yaml(&text, &shown)
+    }
+
+    /// Parses settings from YAML text; `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        // An empty file is a valid "all defaults" configuration.
+        let settings: Settings = if text.trim().is_empty() {
+            Settings::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|source| ConfigError::Parse { path: origin.into(), source })?
+        };
+        settings.validate().map_err(|(key, reason)| ConfigError::Value {
+            path: origin.into(),
+            key,
+            reason,
+        })?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let names = [
+            ("kubeflowNamespace", &self.kubeflow_namespace),
+            ("extensionLabel", &self.extension_label),
+            ("notebookLabel", &self.notebook_label),
+            ("serviceAccount", &self.service_account),
+            ("mlPipeline.host", &self.ml_pipeline.host),
+            ("katib.metricsCollectorEntrypoint", &self.katib.metrics_collector_entrypoint),
+            ("istio.proxyContainer", &self.istio.proxy_container),
+        ];
+        if let Some((key, _)) = names.iter().find(|(_, v)| v.trim().is_empty()) {
+            return Err((key, "must not be empty".into()));
+        }
+        if self.ml_pipeline.port == 0 {
+            return Err(("mlPipeline.port", "must be between 1 and 65535".into()));
+        }
+        if self.katib.metrics_collector_containers.is_empty() {
+            return Err(("katib.metricsCollectorContainers", "must name at least one container".into()));
+        }
+        if self.katib.proxy_startup_timeout_seconds == 0 {
+            return Err(("katib.proxyStartupTimeoutSeconds", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Decides every `auto` from what the cluster serves.
+    pub fn resolve(self, caps: &Capabilities) -> Config {
+        let legacy = caps.legacy_istio();
+        let modes = Modes {
+            kfp_access: self.kfp_access.decide(legacy, KfpAccess::Header, KfpAccess::Token),
+            istio_rbac: self.istio_rbac.decide(
+                legacy,
+                IstioRbac::ServiceRoleBinding,
+                IstioRbac::AuthorizationPolicy,
+            ),
+            proxy_startup: self.katib.proxy_startup.decide(
+                legacy,
+                ProxyStartup::Sleep,
+                ProxyStartup::HoldAnnotation,
+            ),
+            proxy_shutdown: self.katib.proxy_shutdown.decide(
+                legacy,
+                ProxyShutdown::Pkill,
+                ProxyShutdown::Quitquitquit,
+            ),
+        };
+        Config { settings: self, modes }
+    }
+}
+
+impl Config {
+    /// Path of the KFP token file inside the mount.
+    pub fn token_file(&self) -> String {
+        format!("{}/token", self.settings.ml_pipeline.token_mount_path.trim_end_matches('/'))
+    }
+
+    pub fn namespace_excluded(&self, namespace: &str) -> bool {
+        self.settings.excluded_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_and_offline_auto_is_modern() {
+        let config = Settings::from_yaml("", "test").unwrap().resolve(&Capabilities::modern());
+        assert_eq!(config.settings.kubeflow_namespace, "kubeflow");
+        assert_eq!(config.settings.ml_pipeline.port, 8888);
+        assert_eq!(
+            config.modes,
+            Modes {
+                kfp_access: KfpAccess::Token,
+                istio_rbac: IstioRbac::AuthorizationPolicy,
+                proxy_startup: ProxyStartup::HoldAnnotation,
+                proxy_shutdown: ProxyShutdown::Quitquitquit,
+            }
+        );
+        assert_eq!(config.token_file(), "/var/run/secrets/kubeflow/pipelines/token");
+    }
+
+    #[test]
+    fn auto_on_legacy_istio_picks_the_prototype_recipe() {
+        let caps = Capabilities::from_group_versions([LEGACY_ISTIO_RBAC, "security.istio.io/v1beta1"]);
+        let modes = Settings::default().resolve(&caps).modes;
+        assert_eq!(modes.kfp_access, KfpAccess::Header);
+        assert_eq!(modes.istio_rbac, IstioRbac::ServiceRoleBinding);
+        assert_eq!(modes.proxy_startup, ProxyStartup::Sleep);
+        assert_eq!(modes.proxy_shutdown, ProxyShutdown::Pkill);
+    }
+
+    #[test]
+    fn fixed_values_win_over_discovery() {
+        let yaml = "kfpAccess: header\nistioRbac: authorization-policy\nkatib:\n  proxyStartup: wait-ready\n  proxyShutdown: pkill\n";
+        let caps = Capabilities::from_group_versions([LEGACY_ISTIO_RBAC]);
+        let modes = Settings::from_yaml(yaml, "t").unwrap().resolve(&caps).modes;
+        assert_eq!(modes.kfp_access, KfpAccess::Header);
+        assert_eq!(modes.istio_rbac, IstioRbac::AuthorizationPolicy);
+        assert_eq!(modes.proxy_startup, ProxyStartup::WaitReady);
+        assert_eq!(modes.proxy_shutdown, ProxyShutdown::Pkill);
+    }
+
+    #[test]
+    fn every_contract_key_is_accepted() {
+        let yaml = r#"
+kubeflowNamespace: kf
+extensionLabel: ext
+notebookLabel: nb
+serviceAccount: sa
+kfpAccess: token
+istioRbac: service-role-binding
+mlPipeline: {host: h.example, port: 9999, serviceRole: role}
+katib:
+  metricsCollectorContainers: [mc]
+  metricsCollectorEntrypoint: /bin/mc
+  proxyStartup: sleep
+  proxyStartupTimeoutSeconds: 5
+  sleepSeconds: 3
+  proxyShutdown: quitquitquit
+"#;
+        let s = Settings::from_yaml(yaml, "t").unwrap();
+        assert_eq!(s.kubeflow_namespace, "kf");
+        assert_eq!(s.ml_pipeline.port, 9999);
+        assert_eq!(s.ml_pipeline.service_role, "role");
+        assert_eq!(s.katib.metrics_collector_containers, vec!["mc".to_string()]);
+        assert_eq!(s.katib.sleep_seconds, 3);
+        assert_eq!(s.katib.proxy_startup, Choice::Fixed(ProxyStartup::Sleep));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Settings::from_yaml("katib:\n  sleepSecs: 3\n", "cfg.yaml").unwrap_err().to_string();
+        assert!(err.contains("sleepSecs"), "{err}");
+        assert!(err.contains("cfg.yaml"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_an_error_naming_the_key() {
+        let err = Settings::from_yaml("kfpAccess: cookies\n", "c").unwrap_err().to_string();
+        assert!(err.contains("kfpAccess") && err.contains("cookies"), "{err}");
+        let err = Settings::from_yaml("mlPipeline:\n  port: 0\n", "c").unwrap_err().to_string();
+        assert!(err.contains("mlPipeline.port"), "{err}");
+    }
+}

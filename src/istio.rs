@@ -1,0 +1,346 @@
+//! Pure builders for the objects kept per profile (behaviour 1).
+//!
+//! - `header` mode: an Istio grant in the Kubeflow namespace letting the profile's editor
+//!   account reach ml-pipeline (`AuthorizationPolicy`, or the legacy `ServiceRoleBinding`), and an
+//!   `EnvoyFilter` in the profile namespace adding the owner's user id header to labelled
+//!   workloads' calls to ml-pipeline;
+//! - `token` mode: a `PodDefault` in the profile namespace giving pods the projected KFP token.
+//!
+//! Everything carries our managed-by label and a label naming the profile, and is owned by the
+//! Profile, so the garbage collector removes it too if we are not there.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{
+    Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+};
+use serde_json::json;
+
+use crate::{
+    config::{Config, IstioRbac, KfpAccess},
+    model::Profile,
+    policy::token_injection,
+};
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "tenancy-fixer";
+/// Names the profile an object was made for (the profile's name is its namespace's name).
+pub const PROFILE_LABEL: &str = "tenancy-fixer.kubeflow.org/profile";
+
+/// A kind of object we keep, and where it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedKind {
+    EnvoyFilter,
+    AuthorizationPolicy,
+    ServiceRoleBinding,
+    PodDefault,
+}
+
+/// Which namespace a managed kind lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// The Kubeflow namespace (grants next to ml-pipeline).
+    Kubeflow,
+    /// The profile's own namespace.
+    Profile,
+}
+
+impl ManagedKind {
+    pub const ALL: [ManagedKind; 4] = [
+        ManagedKind::EnvoyFilter,
+        ManagedKind::AuthorizationPolicy,
+        ManagedKind::ServiceRoleBinding,
+        ManagedKind::PodDefault,
+    ];
+
+    pub fn gvk(self) -> GroupVersionKind {
+        let (group, version, kind) = match self {
+            ManagedKind::EnvoyFilter => ("networking.istio.io", "v1alpha3", "EnvoyFilter"),
+            ManagedKind::AuthorizationPolicy => ("security.istio.io", "v1", "AuthorizationPolicy"),
+            ManagedKind::ServiceRoleBinding => ("rbac.istio.io", "v1alpha1", "ServiceRoleBinding"),
+            ManagedKind::PodDefault => ("kubeflow.org", "v1alpha1", "PodDefault"),
+        };
+        GroupVersionKind::gvk(group, version, kind)
+    }
+
+    pub fn api_resource(self) -> ApiResource {
+        ApiResource::from_gvk(&self.gvk())
+    }
+
+    pub fn home(self) -> Home {
+        match self {
+            ManagedKind::AuthorizationPolicy | ManagedKind::ServiceRoleBinding => Home::Kubeflow,
+            ManagedKind::EnvoyFilter | ManagedKind::PodDefault => Home::Profile,
+        }
+    }
+
+    /// Name of this kind's object for `profile`.
+    pub fn object_name(self, profile: &str, config: &Config) -> String {
+        match self {
+            ManagedKind::AuthorizationPolicy | ManagedKind::ServiceRoleBinding => {
+                format!("bind-ml-pipeline-{profile}")
+            }
+            ManagedKind::EnvoyFilter => "tenancy-fixer-kubeflow-userid".into(),
+            ManagedKind::PodDefault => config.settings.ml_pipeline.pod_default_name.clone(),
+        }
+    }
+
+    /// The kinds the configured mode keeps.
+    pub fn wanted(config: &Config) -> Vec<ManagedKind> {
+        match config.modes.kfp_access {
+            KfpAccess::Header => vec![
+                match config.modes.istio_rbac {
+                    IstioRbac::AuthorizationPolicy => ManagedKind::AuthorizationPolicy,
+                    IstioRbac::ServiceRoleBinding => ManagedKind::ServiceRoleBinding,
+                },
+                ManagedKind::EnvoyFilter,
+            ],
+            KfpAccess::Token => vec![ManagedKind::PodDefault],
+        }
+    }
+}
+
+/// The profile's owner as KFP knows the user ("" when the Profile names none).
+pub fn owner_of(profile: &Profile) -> &str {
+    profile.spec.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("")
+}
+
+/// The Istio principal of the profile namespace's editor account.
+pub fn principal(namespace: &str, config: &Config) -> String {
+    format!("cluster.local/ns/{namespace}/sa/{}", config.settings.service_account)
+}
+
+/// Every object the configured mode keeps for `profile`, in a stable order.
+pub fn desired_objects(profile: &Profile, config: &Config) -> Vec<DynamicObject> {
+    ManagedKind::wanted(config).into_iter().map(|kind| build(kind, profile, config)).collect()
+}
+
+/// The object of `kind` kept for `profile`.
+pub fn build(kind: ManagedKind, profile: &Profile, config: &Config) -> DynamicObject {
+    let namespace = profile.name_any();
+    let settings = &config.settings;
+    let kfp = &settings.ml_pipeline;
+    let spec = match kind {
+        ManagedKind::AuthorizationPolicy => json!({
+            "selector": {"matchLabels": {"app": kfp.app_label}},
+            "action": "ALLOW",
+            "rules": [{"from": [{"source": {"principals": [principal(&namespace, config)]}}]}],
+        }),
+        ManagedKind::ServiceRoleBinding => json!({
+            "subjects": [{"properties": {"source.principal": principal(&namespace, config)}}],
+            "roleRef": {"kind": "ServiceRole", "name": kfp.service_role},
+        }),
+        ManagedKind::EnvoyFilter => json!({
+            "workloadSelector": {"labels": {settings.extension_label.clone(): "true"}},
+            "configPatches": [{
+                "applyTo": "VIRTUAL_HOST",
+                "match": {
+                    "context": "SIDECAR_OUTBOUND",
+                    "routeConfiguration": {"vhost": {
+                        "name": format!("{}:{}", kfp.host, kfp.port),
+                        "route": {"name": "default"},
+                    }},
+                },
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"request_headers_to_add": [{
+                        "append": true,
+                        "header": {"key": kfp.user_id_header, "value": owner_of(profile)},
+                    }]},
+                },
+            }],
+        }),
+        ManagedKind::PodDefault => {
+            let token = token_injection(config);
+            let selector_label = &kfp.pod_default_name;
+            json!({
+                "desc": "Allow access to Kubeflow Pipelines",
+                "selector": {"matchLabels": {selector_label.clone(): "true"}},
+                "volumes": [token.volume],
+                "volumeMounts": [token.mount],
+                "env": [token.env],
+            })
+        }
+    };
+    let home = match kind.home() {
+        Home::Kubeflow => settings.kubeflow_namespace.clone(),
+        Home::Profile => namespace.clone(),
+    };
+    let resource = kind.api_resource();
+    DynamicObject {
+        types: Some(kube::api::TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        }),
+        metadata: ObjectMeta {
+            name: Some(kind.object_name(&namespace, config)),
+            namespace: Some(home),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                    (PROFILE_LABEL.to_string(), namespace.clone()),
+                ]
+                .into(),
+            ),
+            owner_references: owner_reference(profile).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: json!({ "spec": spec }),
+    }
+}
+
+/// The Profile as owner of what we create for it (needs its uid, so only once it is stored).
+fn owner_reference(profile: &Profile) -> Option<OwnerReference> {
+    let uid = profile.uid()?;
+    Some(OwnerReference {
+        api_version: Profile::api_version(&()).into_owned(),
+        kind: Profile::kind(&()).into_owned(),
+        name: profile.name_any(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+/// Does `actual` (as stored) already carry everything `desired` sets? Compares what we own:
+/// our labels, owner references and the spec. Used to skip writes when nothing changed.
+pub fn is_up_to_date(actual: &DynamicObject, desired: &DynamicObject) -> bool {
+    let labels_kept = desired.labels().iter().all(|(k, v)| actual.labels().get(k) == Some(v));
+    let owners_kept = desired.owner_references().iter().all(|o| {
+        actual.owner_references().iter().any(|a| a.uid == o.uid && a.kind == o.kind)
+    });
+    labels_kept && owners_kept && actual.data.get("spec") == desired.data.get("spec")
+}
+
+/// The desired objects as a YAML stream (for `render`).
+pub fn to_yaml_stream(objects: &[DynamicObject]) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(object)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{Capabilities, Settings},
+        model::{ProfileOwner, ProfileSpec},
+    };
+
+    fn profile(name: &str, owner: &str) -> Profile {
+        let mut p = Profile::new(
+            name,
+            ProfileSpec { owner: Some(ProfileOwner { kind: "User".into(), name: owner.into() }) },
+        );
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    fn config(yaml: &str) -> Config {
+        Settings::from_yaml(yaml, "t").unwrap().resolve(&Capabilities::modern())
+    }
+
+    #[test]
+    fn header_mode_with_authorization_policy() {
+        let objects = desired_objects(&profile("alice", "alice@example.com"), &config("kfpAccess: header"));
+        assert_eq!(objects.len(), 2);
+        let ap = &objects[0];
+        assert_eq!(ap.types.as_ref().unwrap().api_version, "security.istio.io/v1");
+        assert_eq!(ap.types.as_ref().unwrap().kind, "AuthorizationPolicy");
+        assert_eq!(ap.metadata.namespace.as_deref(), Some("kubeflow"));
+        assert_eq!(ap.metadata.name.as_deref(), Some("bind-ml-pipeline-alice"));
+        assert_eq!(
+            ap.data["spec"],
+            json!({
+                "selector": {"matchLabels": {"app": "ml-pipeline"}},
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/alice/sa/default-editor"]}}]}],
+            })
+        );
+        let ef = &objects[1];
+        assert_eq!(ef.types.as_ref().unwrap().api_version, "networking.istio.io/v1alpha3");
+        assert_eq!(ef.metadata.namespace.as_deref(), Some("alice"));
+        let patch = &ef.data["spec"]["configPatches"][0];
+        assert_eq!(patch["applyTo"], "VIRTUAL_HOST");
+        assert_eq!(patch["match"]["context"], "SIDECAR_OUTBOUND");
+        assert_eq!(
+            patch["match"]["routeConfiguration"]["vhost"]["name"],
+            "ml-pipeline.kubeflow.svc.cluster.local:8888"
+        );
+        assert_eq!(patch["match"]["routeConfiguration"]["vhost"]["route"]["name"], "default");
+        assert_eq!(patch["patch"]["operation"], "MERGE");
+        assert_eq!(
+            patch["patch"]["value"]["request_headers_to_add"][0]["header"],
+            json!({"key": "kubeflow-userid", "value": "alice@example.com"})
+        );
+        assert_eq!(ef.data["spec"]["workloadSelector"], json!({"labels": {"kubeflow-extension": "true"}}));
+        for o in &objects {
+            assert_eq!(o.labels()[MANAGED_BY_LABEL], MANAGED_BY);
+            assert_eq!(o.labels()[PROFILE_LABEL], "alice");
+            let owner = &o.owner_references()[0];
+            assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Profile", "uid-1"));
+            assert_eq!(owner.api_version, "kubeflow.org/v1");
+        }
+    }
+
+    #[test]
+    fn header_mode_with_legacy_service_role_binding() {
+        let objects = desired_objects(
+            &profile("bob", "bob@example.com"),
+            &config("kfpAccess: header\nistioRbac: service-role-binding"),
+        );
+        let srb = &objects[0];
+        assert_eq!(srb.types.as_ref().unwrap().api_version, "rbac.istio.io/v1alpha1");
+        assert_eq!(srb.types.as_ref().unwrap().kind, "ServiceRoleBinding");
+        assert_eq!(srb.metadata.name.as_deref(), Some("bind-ml-pipeline-bob"));
+        assert_eq!(
+            srb.data["spec"],
+            json!({
+                "subjects": [{"properties": {"source.principal": "cluster.local/ns/bob/sa/default-editor"}}],
+                "roleRef": {"kind": "ServiceRole", "name": "ml-pipeline-services"},
+            })
+        );
+    }
+
+    #[test]
+    fn token_mode_keeps_a_pod_default() {
+        let objects = desired_objects(&profile("carol", "carol@example.com"), &config("kfpAccess: token"));
+        assert_eq!(objects.len(), 1);
+        let pd = &objects[0];
+        assert_eq!(pd.types.as_ref().unwrap().api_version, "kubeflow.org/v1alpha1");
+        assert_eq!(pd.metadata.name.as_deref(), Some("access-ml-pipeline"));
+        assert_eq!(pd.metadata.namespace.as_deref(), Some("carol"));
+        let spec = &pd.data["spec"];
+        assert_eq!(spec["selector"], json!({"matchLabels": {"access-ml-pipeline": "true"}}));
+        assert_eq!(spec["env"][0], json!({"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": "/var/run/secrets/kubeflow/pipelines/token"}));
+        assert_eq!(spec["volumeMounts"][0]["mountPath"], "/var/run/secrets/kubeflow/pipelines");
+        assert_eq!(
+            spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"],
+            json!({"path": "token", "expirationSeconds": 7200, "audience": "pipelines.kubeflow.org"})
+        );
+    }
+
+    #[test]
+    fn owner_change_changes_only_the_header_value() {
+        let c = config("kfpAccess: header");
+        let before = desired_objects(&profile("alice", "a@x"), &c);
+        let after = desired_objects(&profile("alice", "b@x"), &c);
+        assert!(is_up_to_date(&before[0], &after[0]));
+        assert!(!is_up_to_date(&before[1], &after[1]));
+    }
+
+    #[test]
+    fn up_to_date_ignores_fields_the_server_adds() {
+        let c = config("kfpAccess: header");
+        let desired = desired_objects(&profile("alice", "a@x"), &c).remove(1);
+        let mut stored = desired.clone();
+        stored.metadata.resource_version = Some("42".into());
+        stored.metadata.labels.as_mut().unwrap().insert("extra".into(), "x".into());
+        assert!(is_up_to_date(&stored, &desired));
+        stored.metadata.labels.as_mut().unwrap().remove(PROFILE_LABEL);
+        assert!(!is_up_to_date(&stored, &desired));
+    }
+}

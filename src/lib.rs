@@ -1,0 +1,12 @@
+//! tenancy-fixer: extends Kubeflow multi-tenancy to Katib and Kubeflow Pipelines.
+//!
+//! Pure decision code lives in [`policy`] (admission rules over the typed views of [`model`])
+//! and [`istio`] (the objects kept per profile); [`admission`] turns an AdmissionReview into a
+//! response without I/O. I/O lives in [`webhook`] (HTTPS server) and [`controller`].
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod config;
+pub mod istio;
+pub mod model;
+pub mod policy;
