@@ -229,3 +229,125 @@ fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn review_of(kind: Value, namespace: &str, operation: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": kind,
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": operation,
+                "object": object,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn pod_kind() -> Value {
+        json!({"group": "", "version": "v1", "kind": "Pod"})
+    }
+
+    fn notebook() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "nb-", "labels": {"notebook-name": "nb"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"containers": [{"name": "nb", "image": "jupyter", "env": [{"name": "A", "value": "1"}]}]}
+        })
+    }
+
+    fn respond(body: &[u8]) -> Value {
+        serde_json::from_slice(&review(body, &Config::default()).unwrap()).unwrap()
+    }
+
+    fn patched(response: &Value, mut object: Value) -> Value {
+        assert_eq!(response["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(response["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut object, &patch).unwrap();
+        object
+    }
+
+    fn assert_allowed_without_patch(response: &Value) {
+        assert_eq!(response["response"]["allowed"], true);
+        assert_eq!(response["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert!(response["response"].get("patch").is_none(), "{response}");
+        assert!(response["response"].get("patchType").is_none(), "{response}");
+    }
+
+    #[test]
+    fn notebook_pod_review_gets_a_patch_that_applies() {
+        let response = respond(&review_of(pod_kind(), "alice", "CREATE", notebook()));
+        assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(response["kind"], "AdmissionReview");
+        assert_eq!(response["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(response["response"]["allowed"], true);
+        let after = patched(&response, notebook());
+        let mut expected = notebook();
+        expected["metadata"]["labels"]["kubeflow-extension"] = json!("true");
+        // Token mode (offline default): the projected token reaches the notebook container.
+        let container = &after["spec"]["containers"][0];
+        assert_eq!(container["env"][0], json!({"name": "A", "value": "1"}));
+        assert_eq!(container["env"][1]["name"], "KF_PIPELINES_SA_TOKEN_PATH");
+        assert_eq!(after["spec"]["volumes"][0]["name"], "volume-kf-pipeline-token");
+        assert_eq!(after["metadata"], expected["metadata"]);
+        assert_eq!(container["image"], "jupyter");
+    }
+
+    #[test]
+    fn unknown_kind_other_operations_and_excluded_namespaces_pass_untouched() {
+        let config_map = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+        for body in [
+            review_of(config_map, "alice", "CREATE", json!({"metadata": {"name": "x"}})),
+            review_of(pod_kind(), "alice", "UPDATE", notebook()),
+            review_of(pod_kind(), "kube-system", "CREATE", notebook()),
+        ] {
+            assert_allowed_without_patch(&respond(&body));
+        }
+    }
+
+    #[test]
+    fn object_that_is_not_a_pod_is_allowed_without_patch() {
+        let broken = json!({"metadata": {"labels": {"notebook-name": "nb"}}, "spec": {"containers": "nope"}});
+        assert_allowed_without_patch(&respond(&review_of(pod_kind(), "alice", "CREATE", broken)));
+        assert_allowed_without_patch(&respond(&review_of(pod_kind(), "alice", "CREATE", json!(null))));
+    }
+
+    #[test]
+    fn trial_versions_are_both_handled() {
+        for version in ["v1beta1", "v1alpha3"] {
+            let kind = json!({"group": "kubeflow.org", "version": version, "kind": "Trial"});
+            let trial = json!({"apiVersion": format!("kubeflow.org/{version}"), "kind": "Trial", "metadata": {"name": "t"}, "spec": {}});
+            let after = patched(&respond(&review_of(kind, "alice", "CREATE", trial)), json!({"metadata": {"name": "t"}, "spec": {}}));
+            assert_eq!(after["metadata"]["labels"], json!({"kubeflow-extension": "true"}));
+        }
+    }
+
+    #[test]
+    fn body_that_is_not_a_review_is_an_error() {
+        let config = Config::default();
+        assert!(matches!(review(b"{not json", &config), Err(AdmissionError::NotAReview(_))));
+        assert!(matches!(review(b"{\"foo\": 1}", &config), Err(AdmissionError::NoRequest)));
+        assert!(matches!(review(b"[1,2]", &config), Err(AdmissionError::NotAReview(_))));
+    }
+
+    #[test]
+    fn targets_by_api_version() {
+        assert_eq!(Target::of_api_version("v1", "Pod"), Some(Target::Pod));
+        assert_eq!(Target::of_api_version("batch/v1", "Job"), Some(Target::Job));
+        assert_eq!(Target::of_api_version("kubeflow.org/v1alpha3", "Trial"), Some(Target::Trial));
+        assert_eq!(Target::of_api_version("batch/v1", "CronJob"), None);
+        assert_eq!(Target::of_api_version("kubeflow.org/v1", "Trial"), None);
+    }
+}

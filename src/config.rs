@@ -17,10 +17,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// serde_yaml names the offending key (`unknown field`, `invalid value`) and its position.
-    #[error("invalid config file {path}: {source}")]
+    /// `key` is the dotted path of the offending setting (`.` for the document itself).
+    #[error("invalid config file {path}: {key}: {source}")]
     Parse {
         path: String,
+        key: String,
         #[source]
         source: serde_yaml::Error,
     },
@@ -316,8 +317,13 @@ impl Settings {
         let settings: Settings = if text.trim().is_empty() {
             Settings::default()
         } else {
-            serde_yaml::from_str(text)
-                .map_err(|source| ConfigError::Parse { path: origin.into(), source })?
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(
+                |error| ConfigError::Parse {
+                    path: origin.into(),
+                    key: error.path().to_string(),
+                    source: error.into_inner(),
+                },
+            )?
         };
         settings.validate().map_err(|(key, reason)| ConfigError::Value {
             path: origin.into(),

@@ -195,3 +195,317 @@ pub fn shell_quote(word: &str) -> String {
 fn join_quoted(argv: &[String]) -> String {
     argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpListener,
+        process::Command,
+        sync::mpsc,
+        thread,
+    };
+
+    use super::*;
+    use crate::{
+        config::{Capabilities, Settings},
+        model::{InitContainer, ObjectMeta, OwnerReference},
+        policy::mutate_pod,
+    };
+
+    /// Arguments a shell would love to interpret.
+    const NASTY: [&str; 9] =
+        ["it's", "$(touch /tmp/tf-pwned)", "a  b", "\"dq\"", "line\nbreak", "`id`", "*", "", "; exit 7"];
+
+    fn config(yaml: &str) -> Config {
+        Settings::from_yaml(yaml, "t").unwrap().resolve(&Capabilities::modern())
+    }
+
+    fn container(name: &str, command: Option<&[&str]>, args: &[&str]) -> Container {
+        Container {
+            name: name.into(),
+            command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            args: (!args.is_empty()).then(|| args.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    fn trial_pod(training: Container, collector: Container) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("trial-1-abcde".into()),
+                labels: Some(
+                    [("kubeflow-extension", "true"), ("job-name", "trial-1")]
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .into(),
+                ),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: "trial-1".into(),
+                }]),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![training, collector, container("istio-proxy", None, &["proxy"])],
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn katib_pod() -> Pod {
+        trial_pod(
+            container("training-container", Some(&["python3", "/opt/train.py"]), &["--lr", "0.1"]),
+            container(
+                "metrics-logger-and-collector",
+                None,
+                &["-t", "trial-1", "-m", "accuracy", "-w", "true", "-path", "/var/log/katib/metrics.log"],
+            ),
+        )
+    }
+
+    fn wrapped(pod: &Pod, config: &Config) -> Decision<Pod> {
+        mutate_pod(pod, "alice", config)
+    }
+
+    fn script(pod: &Pod, index: usize) -> &str {
+        let c = &pod.spec.as_ref().unwrap().containers[index];
+        assert_eq!(c.args, None);
+        let command = c.command.as_ref().unwrap();
+        assert_eq!(&command[..2], ["/bin/sh", "-c"]);
+        &command[2]
+    }
+
+    #[test]
+    fn trial_pod_training_waits_and_collector_stops_the_proxy() {
+        let c = config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n");
+        let d = wrapped(&katib_pod(), &c);
+        assert_eq!(d.applied, vec![STARTUP_RULE, SHUTDOWN_RULE]);
+        let pod = &d.object;
+        assert_eq!(
+            pod.metadata.annotation(WRAPPED_ANNOTATION),
+            Some("training-container,metrics-logger-and-collector")
+        );
+        let training = script(pod, 0);
+        assert!(training.contains("'http://127.0.0.1:15021/healthz/ready'"), "{training}");
+        assert!(training.contains("tf_left=60"), "{training}");
+        assert!(training.ends_with("exec 'python3' '/opt/train.py' '--lr' '0.1'\n"), "{training}");
+        let collector = script(pod, 1);
+        assert!(
+            collector.starts_with(
+                "'./file-metricscollector' '-w' 'false' '-t' 'trial-1' '-m' 'accuracy' '-path' '/var/log/katib/metrics.log'\n"
+            ),
+            "{collector}"
+        );
+        assert!(collector.contains("-X POST 'http://127.0.0.1:15020/quitquitquit'"), "{collector}");
+        assert!(collector.contains("tf_log='/dev/termination-log'"), "{collector}");
+        assert_eq!(pod.spec.as_ref().unwrap().containers[2], katib_pod().spec.unwrap().containers[2]);
+    }
+
+    #[test]
+    fn legacy_modes_sleep_and_pkill() {
+        let c = config("kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  sleepSeconds: 12\n  proxyShutdown: pkill\n");
+        let d = wrapped(&katib_pod(), &c);
+        assert!(script(&d.object, 0).starts_with("sleep 12\nexec 'python3'"));
+        assert!(script(&d.object, 1).contains("pkill -INT 'pilot-agent'"));
+    }
+
+    #[test]
+    fn hold_annotation_leaves_the_training_container_alone() {
+        let mut pod = katib_pod();
+        pod.metadata.set_annotation("proxy.istio.io/config", "holdApplicationUntilProxyStarts: true\n");
+        let d = wrapped(&pod, &config("kfpAccess: header"));
+        assert_eq!(d.applied, vec![SHUTDOWN_RULE]);
+        assert_eq!(d.object.spec.as_ref().unwrap().containers[0], pod.spec.as_ref().unwrap().containers[0]);
+    }
+
+    #[test]
+    fn native_sidecar_proxy_needs_nothing() {
+        let mut pod = katib_pod();
+        let spec = pod.spec.as_mut().unwrap();
+        spec.containers.pop();
+        spec.init_containers =
+            Some(vec![InitContainer { name: "istio-proxy".into(), restart_policy: Some("Always".into()) }]);
+        let d = wrapped(&pod, &config("kfpAccess: header"));
+        assert!(!d.changed(), "{:?}", d.applied);
+        assert_eq!(d.object, pod);
+    }
+
+    #[test]
+    fn pod_without_collector_or_proxy_is_not_wrapped() {
+        let mut no_collector = katib_pod();
+        no_collector.spec.as_mut().unwrap().containers.remove(1);
+        let mut no_proxy = katib_pod();
+        no_proxy.spec.as_mut().unwrap().containers.pop();
+        for pod in [no_collector, no_proxy] {
+            let d = wrapped(&pod, &config("kfpAccess: header"));
+            assert!(!d.changed(), "{:?}", d.applied);
+            assert_eq!(d.object, pod);
+        }
+    }
+
+    #[test]
+    fn training_without_command_keeps_its_entrypoint() {
+        let pod = trial_pod(
+            container("training-container", None, &["--epochs", "3"]),
+            container("metrics-collector", None, &[]),
+        );
+        let d = wrapped(&pod, &config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n"));
+        assert_eq!(d.applied, vec![SHUTDOWN_RULE]);
+        assert_eq!(d.object.spec.as_ref().unwrap().containers[0], pod.spec.as_ref().unwrap().containers[0]);
+        assert!(d.skipped.iter().any(|s| s.contains("no command")), "{:?}", d.skipped);
+    }
+
+    #[test]
+    fn container_named_after_the_job_is_the_training_container() {
+        let mut pod = katib_pod();
+        let spec = pod.spec.as_mut().unwrap();
+        spec.containers.insert(0, container("helper", Some(&["sleep"]), &["1"]));
+        spec.containers[1].name = "trial-1".into();
+        let d = wrapped(&pod, &config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n"));
+        let containers = &d.object.spec.as_ref().unwrap().containers;
+        assert_eq!(containers[0], container("helper", Some(&["sleep"]), &["1"]));
+        assert!(script(&d.object, 1).contains("exec 'python3'"));
+    }
+
+    #[test]
+    fn wrapping_twice_changes_nothing() {
+        for yaml in ["kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n", "kfpAccess: token"] {
+            let c = config(yaml);
+            let once = wrapped(&katib_pod(), &c).object;
+            let twice = wrapped(&once, &c);
+            assert!(!twice.changed(), "{:?}", twice.applied);
+            assert_eq!(twice.object, once);
+        }
+    }
+
+    #[test]
+    fn shell_quote_round_trips_through_sh() {
+        for word in NASTY {
+            let out = Command::new("/bin/sh")
+                .args(["-c", &format!("printf '%s' {}", shell_quote(word))])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), word);
+        }
+    }
+
+    /// Runs a wrapped container's script the way the kubelet would.
+    fn run(script: &str) -> std::process::Output {
+        Command::new("/bin/sh").args(["-c", script]).output().unwrap()
+    }
+
+    #[test]
+    fn training_arguments_survive_wrapping_byte_for_byte() {
+        let mut args = vec!["%s\\0"];
+        args.extend(NASTY);
+        for yaml in [
+            "kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  sleepSeconds: 0\n",
+            // Nothing listens there: the wait gives up after the bound and starts anyway.
+            "kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n  proxyStartupTimeoutSeconds: 1\nistio:\n  readinessUrl: http://127.0.0.1:9/never\n",
+        ] {
+            let pod = trial_pod(
+                container("training-container", Some(&["printf"]), &args),
+                container("metrics-collector", None, &[]),
+            );
+            let d = wrapped(&pod, &config(yaml));
+            let out = run(script(&d.object, 0));
+            let expected: Vec<u8> = NASTY.iter().flat_map(|a| a.bytes().chain([0])).collect();
+            assert_eq!(out.stdout, expected, "{yaml}");
+            assert!(out.status.success());
+        }
+        assert!(!std::path::Path::new("/tmp/tf-pwned").exists());
+    }
+
+    /// An HTTP server answering one request with `status`; sends the request line back.
+    fn one_shot_server(status: &'static str, on_request: impl FnOnce() + Send + 'static) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap();
+            let request = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+            on_request();
+            write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+            tx.send(request).unwrap();
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn training_starts_once_the_proxy_is_ready() {
+        let (url, requests) = one_shot_server("200 OK", || {});
+        let yaml = format!(
+            "kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n  proxyStartupTimeoutSeconds: 30\nistio:\n  readinessUrl: {url}/healthz/ready\n"
+        );
+        let pod = trial_pod(
+            container("training-container", Some(&["echo"]), &["trained"]),
+            container("metrics-collector", None, &[]),
+        );
+        let d = wrapped(&pod, &config(&yaml));
+        let out = run(script(&d.object, 0));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "trained\n");
+        assert!(requests.recv().unwrap().starts_with("GET /healthz/ready"));
+    }
+
+    fn collector_pod(log: &std::path::Path, code: i32) -> Pod {
+        let body = format!("printf 'collector says %s' \"$1\" > {}; exit {code}", shell_quote(&log.display().to_string()));
+        let mut collector = container("metrics-collector", Some(&["/bin/sh", "-c", &body, "sh"]), &["it's done"]);
+        collector.termination_message_path = Some(log.display().to_string());
+        trial_pod(container("training-container", Some(&["true"]), &[]), collector)
+    }
+
+    #[test]
+    fn collector_keeps_exit_code_and_log_and_quits_the_proxy() {
+        let dir = std::env::temp_dir().join(format!("tf-katib-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("termination-log");
+        let clobber = log.clone();
+        // The proxy's shutdown overwrites the termination log, as the prototype saw.
+        let (url, requests) =
+            one_shot_server("200 OK", move || std::fs::write(&clobber, "proxy was here").unwrap());
+        let yaml = format!("kfpAccess: header\nistio:\n  quitUrl: {url}/quitquitquit\n");
+        let d = wrapped(&collector_pod(&log, 3), &config(&yaml));
+        let out = run(script(&d.object, 1));
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(requests.recv().unwrap().starts_with("POST /quitquitquit"));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "collector says it's done");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn collector_success_is_kept_when_the_proxy_is_already_gone() {
+        let dir = std::env::temp_dir().join(format!("tf-katib-ok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("termination-log");
+        let yaml = "kfpAccess: header\nistio:\n  quitUrl: http://127.0.0.1:9/quitquitquit\n";
+        let d = wrapped(&collector_pod(&log, 0), &config(yaml));
+        let out = run(script(&d.object, 1));
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("could not stop istio-proxy"));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "collector says it's done");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn pkill_mode_interrupts_pilot_agent() {
+        let dir = std::env::temp_dir().join(format!("tf-katib-pkill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A stand-in pilot-agent: `sleep` under a unique process name.
+        let name = format!("tfpa{}", std::process::id() % 100_000);
+        let agent_path = dir.join(&name);
+        std::fs::copy("/bin/sleep", &agent_path).unwrap();
+        let mut agent = Command::new(&agent_path).arg("60").spawn().unwrap();
+        let log = dir.join("termination-log");
+        let yaml = format!("kfpAccess: header\nkatib:\n  proxyShutdown: pkill\nistio:\n  pilotAgentProcess: {name}\n");
+        let d = wrapped(&collector_pod(&log, 5), &config(&yaml));
+        let out = run(script(&d.object, 1));
+        assert_eq!(out.status.code(), Some(5));
+        let status = agent.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(2), "pilot-agent got SIGINT");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
