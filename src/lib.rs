@@ -8,5 +8,6 @@
 pub mod admission;
 pub mod config;
 pub mod istio;
+pub mod manifests;
 pub mod model;
 pub mod policy;
