@@ -202,14 +202,32 @@ fn owner_reference(profile: &Profile) -> Option<OwnerReference> {
     })
 }
 
-/// Does `actual` (as stored) already carry everything `desired` sets? Compares what we own:
-/// our labels, owner references and the spec. Used to skip writes when nothing changed.
+/// Does `actual` (as stored) already carry everything `desired` sets? Compares what we own,
+/// the way server-side apply merges it into a schemaless custom resource: our labels, owner
+/// reference, and the spec with maps compared key by key (others may add keys, which apply
+/// would not remove anyway) and lists as a whole (apply replaces them). Used to skip writes
+/// when nothing changed, and never to loop on fields we do not own.
 pub fn is_up_to_date(actual: &DynamicObject, desired: &DynamicObject) -> bool {
     let labels_kept = desired.labels().iter().all(|(k, v)| actual.labels().get(k) == Some(v));
     let owners_kept = desired.owner_references().iter().all(|o| {
         actual.owner_references().iter().any(|a| a.uid == o.uid && a.kind == o.kind)
     });
-    labels_kept && owners_kept && actual.data.get("spec") == desired.data.get("spec")
+    let spec_kept = match (actual.data.get("spec"), desired.data.get("spec")) {
+        (Some(actual), Some(desired)) => merged_into(actual, desired),
+        (_, None) => true,
+        (None, Some(_)) => false,
+    };
+    labels_kept && owners_kept && spec_kept
+}
+
+/// Is every key of `desired` in `actual` with the same value (recursively for maps)?
+fn merged_into(actual: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    match (actual, desired) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(d)) => {
+            d.iter().all(|(k, dv)| a.get(k).is_some_and(|av| merged_into(av, dv)))
+        }
+        _ => actual == desired,
+    }
 }
 
 /// The desired objects as a YAML stream (for `render`).
@@ -330,6 +348,20 @@ mod tests {
         let after = desired_objects(&profile("alice", "b@x"), &c);
         assert!(is_up_to_date(&before[0], &after[0]));
         assert!(!is_up_to_date(&before[1], &after[1]));
+    }
+
+    #[test]
+    fn up_to_date_compares_maps_by_key_and_lists_whole() {
+        let c = config("kfpAccess: header");
+        let desired = desired_objects(&profile("alice", "a@x"), &c).remove(0);
+        let mut stored = desired.clone();
+        stored.data["spec"]["selector"]["matchLabels"]["extra"] = json!("kept by someone else");
+        assert!(is_up_to_date(&stored, &desired));
+        stored.data["spec"]["action"] = json!("DENY");
+        assert!(!is_up_to_date(&stored, &desired));
+        let mut stored = desired.clone();
+        stored.data["spec"]["rules"][0]["from"].as_array_mut().unwrap().push(json!({"source": {}}));
+        assert!(!is_up_to_date(&stored, &desired));
     }
 
     #[test]
