@@ -6,8 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cli;
 pub mod config;
 pub mod istio;
 pub mod manifests;
 pub mod model;
 pub mod policy;
+pub mod telemetry;
+pub mod webhook;
