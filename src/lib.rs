@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod istio;
 pub mod manifests;
 pub mod model;

@@ -1,0 +1,361 @@
+//! Behaviour 1: keeps the per-profile objects of [`crate::istio`] in the cluster.
+//!
+//! A `kube::runtime::Controller<Profile>` reconciles a profile when the Profile changes, when
+//! its namespace (same name) appears, changes or goes, when any object we manage for it changes
+//! or is deleted, and every [`RESYNC`] (which also covers start: every profile is reconciled
+//! once the caches are filled, so what changed while we were down is repaired).
+//!
+//! Reads come from watch caches (reflector stores), never from the API:
+//! - Profiles (full objects; managedFields dropped),
+//! - Namespaces (metadata only: existence and deletionTimestamp is all we need),
+//! - one cache per managed kind the cluster serves (wanted by the mode or not, so objects of a
+//!   previous mode are cleaned), label-selected on `app.kubernetes.io/managed-by=tenancy-fixer`.
+//!
+//! Writes are server-side applies (field manager `tenancy-fixer`, forced) of objects that differ
+//! from the cache, and uid-preconditioned deletes; a resync where nothing changed writes nothing.
+//! Several replicas may run at once: applies converge and deletes of gone objects are no-ops.
+//! The decisions are the pure functions of [`plan`].
+
+mod plan;
+mod reconcile;
+mod stats;
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DynamicObject, PartialObjectMeta},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{debug, error, info, warn};
+
+use self::reconcile::{Context, ManagedStore};
+pub use self::{
+    plan::{Desired, HeldBack, NamespaceState, Plan, desired, labelled_for, plan},
+    reconcile::{FIELD_MANAGER, FINALIZER, RESYNC},
+    stats::{Stats, StatsSnapshot, stats},
+};
+use crate::{
+    config::{Capabilities, Config},
+    istio::{MANAGED_BY, MANAGED_BY_LABEL, ManagedKind, PROFILE_LABEL},
+    model::Profile,
+};
+
+/// Profiles reconciled at once.
+pub const CONCURRENCY: u16 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API discovery failed: {0}")]
+    Discovery(#[source] kube::Error),
+    #[error("cannot apply {kind:?} {namespace}/{name}: {source}")]
+    Apply {
+        kind: ManagedKind,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot delete {kind:?} {namespace}/{name}: {source}")]
+    Delete {
+        kind: ManagedKind,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("leader election failed: {0}")]
+    LeaderElection(#[source] kube_lease_manager::LeaseManagerError),
+    #[error("the lease manager stopped")]
+    LeaseManagerStopped,
+    /// Wraps our own errors from keep/cleanup, and failures to add or remove the finalizer.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The group/versions the API server serves (core `v1` included), for resolving `auto`.
+pub async fn discover(client: &Client) -> Result<Capabilities> {
+    let core = client.list_core_api_versions().await.map_err(Error::Discovery)?;
+    let groups = client.list_api_groups().await.map_err(Error::Discovery)?;
+    let group_versions =
+        groups.groups.into_iter().flat_map(|g| g.versions.into_iter().map(|v| v.group_version));
+    Ok(Capabilities::from_group_versions(core.versions.into_iter().chain(group_versions)))
+}
+
+/// The managed kinds the cluster serves: group/version served and the kind listed in it (a
+/// group/version can be served by other CRDs without ours).
+async fn served_kinds(client: &Client) -> Result<Vec<ManagedKind>> {
+    let caps = discover(client).await?;
+    let mut kinds_by_gv: Vec<(String, BTreeSet<String>)> = Vec::new();
+    let mut served = Vec::new();
+    for kind in ManagedKind::ALL {
+        let ar = kind.api_resource();
+        if !caps.serves(&ar.api_version) {
+            continue;
+        }
+        if !kinds_by_gv.iter().any(|(gv, _)| *gv == ar.api_version) {
+            let kinds = match client.list_api_group_resources(&ar.api_version).await {
+                Ok(list) => {
+                    list.resources.into_iter().filter(|r| !r.name.contains('/')).map(|r| r.kind).collect()
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() => BTreeSet::new(),
+                Err(e) => return Err(Error::Discovery(e)),
+            };
+            kinds_by_gv.push((ar.api_version.clone(), kinds));
+        }
+        if kinds_by_gv.iter().any(|(gv, kinds)| *gv == ar.api_version && kinds.contains(&ar.kind)) {
+            served.push(kind);
+        }
+    }
+    Ok(served)
+}
+
+/// Runs the controller with the process-wide [`stats()`] until its stream ends. Cancel-safe:
+/// dropping the future stops the watches and aborts reconciles in flight (each write is an
+/// idempotent request; whatever was left undone is redone by the next start's reconcile).
+pub async fn run(client: Client, config: Arc<Config>) -> Result<()> {
+    run_with_stats(client, config, stats()).await
+}
+
+/// [`run`] counting into `stats` (tests and benchmarks running several controllers).
+pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stats>) -> Result<()> {
+    let served = served_kinds(&client).await?;
+    for kind in ManagedKind::wanted(&config) {
+        if !served.contains(&kind) {
+            warn!(
+                ?kind,
+                api_version = %kind.api_resource().api_version,
+                "the configured mode keeps this kind but the cluster does not serve it: not kept \
+                 (install its CRD and restart)"
+            );
+        }
+    }
+    info!(watched = ?served, wanted = ?ManagedKind::wanted(&config), modes = ?config.modes, "starting profile controller");
+
+    // Profiles: the controller's own cache and trigger.
+    let (profiles, profile_writer) = reflector::store::<Profile>();
+    let profile_events = watcher(Api::<Profile>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(profile_writer)
+        .applied_objects();
+    let mut controller = Controller::for_stream(profile_events, profiles.clone())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+
+    // Namespaces, metadata only. Touched (not only applied) so deletions trigger cleanup.
+    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let namespace_events =
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(|n| n.managed_fields_mut().clear())
+            .reflect(namespace_writer)
+            .touched_objects();
+    let (known, kubeflow) = (profiles.clone(), config.settings.kubeflow_namespace.clone());
+    controller = controller.watches_stream(namespace_events, move |ns: PartialObjectMeta<Namespace>| {
+        profiles_for_namespace(&ns.name_any(), &kubeflow, &known)
+    });
+
+    // Managed objects of every served kind, so that objects of another mode are cleaned too.
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let mut managed = Vec::new();
+    for kind in served {
+        let ar = kind.api_resource();
+        let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+        let store = writer.as_reader();
+        let events = watcher(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+        let known = profiles.clone();
+        controller = controller.watches_stream_with(
+            events,
+            move |o: DynamicObject| profile_of_managed(&o, &known),
+            ar,
+        );
+        managed.push(ManagedStore { kind, store });
+    }
+
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        namespaces,
+        managed,
+        stats: Arc::clone(&stats),
+        failures: Default::default(),
+    });
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move { log_outcome(result) })
+        .await;
+    info!(stats = ?stats.snapshot(), "profile controller stopped");
+    Ok(())
+}
+
+/// Where the replicas of a leader-elected controller compete for the lock.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease (usually our own).
+    pub namespace: String,
+    /// Name of the Lease (`coordination.k8s.io/v1`; created when absent).
+    pub lease_name: String,
+    /// This replica's identity, unique among replicas (the pod name).
+    pub identity: String,
+}
+
+/// [`run`] gated by a Lease: only the holder runs the controller, the others wait; a holder
+/// that loses the lease stops its controller (its reconciles in flight are aborted) and waits to
+/// win it again. Returns when the controller's stream ends, or with an error when the lease
+/// manager fails. Dropping the future releases the lease (from the manager's own task).
+///
+/// Needs RBAC on `leases` in `election.namespace`: get, create, patch (and delete).
+pub async fn run_leader_elected(
+    client: Client,
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    election: LeaderElection,
+) -> Result<()> {
+    let LeaderElection { namespace, lease_name, identity } = election;
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .build()
+        .await
+        .map_err(Error::LeaderElection)?;
+    let (mut leading, mut lease_task) = manager.watch().await;
+    loop {
+        // Wait to hold the lease; a closed channel means the manager's task ended.
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return Err(lease_task_failure(&mut lease_task).await);
+            }
+        }
+        info!(namespace, lease_name, identity, "lease acquired: running the profile controller");
+        // Resolves with false when the lease is lost, true when the manager's task ended.
+        let lost = async {
+            loop {
+                if leading.changed().await.is_err() {
+                    return true;
+                }
+                if !*leading.borrow_and_update() {
+                    return false;
+                }
+            }
+        };
+        tokio::select! {
+            result = run_with_stats(client.clone(), Arc::clone(&config), Arc::clone(&stats)) => return result,
+            manager_ended = lost => {
+                warn!(namespace, lease_name, identity, "lease lost: profile controller stopped");
+                if manager_ended {
+                    return Err(lease_task_failure(&mut lease_task).await);
+                }
+            }
+        }
+    }
+}
+
+async fn lease_task_failure(
+    task: &mut tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+) -> Error {
+    match task.await {
+        Ok(Err(error)) => Error::LeaderElection(error),
+        Ok(Ok(_)) | Err(_) => Error::LeaseManagerStopped,
+    }
+}
+
+/// A namespace event concerns the profile of the same name; the Kubeflow namespace concerns
+/// every profile (its grant waits for it). Names without a Profile are dropped here.
+fn profiles_for_namespace(
+    namespace: &str,
+    kubeflow: &str,
+    profiles: &Store<Profile>,
+) -> Vec<ObjectRef<Profile>> {
+    if namespace == kubeflow {
+        return profiles.state().iter().map(|p| ObjectRef::from_obj(&**p)).collect();
+    }
+    let profile = ObjectRef::new(namespace);
+    if profiles.get(&profile).is_some() { vec![profile] } else { vec![] }
+}
+
+/// A managed object's event concerns the profile its label names.
+fn profile_of_managed(object: &DynamicObject, profiles: &Store<Profile>) -> Option<ObjectRef<Profile>> {
+    let profile = ObjectRef::new(object.labels().get(PROFILE_LABEL)?);
+    profiles.get(&profile).map(|_| profile)
+}
+
+type RunResult = std::result::Result<(ObjectRef<Profile>, Action), controller::Error<Error, watcher::Error>>;
+
+fn log_outcome(result: RunResult) {
+    match result {
+        Ok((profile, action)) => debug!(%profile, ?action, "reconcile done"),
+        // Already logged by the error policy.
+        Err(controller::Error::ReconcilerFailed(error, profile)) => {
+            debug!(%profile, %error, "reconcile failed")
+        }
+        // A trigger raced with the profile's deletion.
+        Err(controller::Error::ObjectNotFound(profile)) => debug!(%profile, "profile gone"),
+        Err(controller::Error::QueueError(error)) => warn!(%error, "watch failed; retrying with backoff"),
+        Err(error) => error!(%error, "controller failure"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProfileSpec;
+
+    fn store_of(names: &[&str]) -> Store<Profile> {
+        let mut writer = reflector::store::Writer::<Profile>::default();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for name in names {
+            writer
+                .apply_watcher_event(&watcher::Event::InitApply(Profile::new(name, ProfileSpec::default())));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        writer.as_reader()
+    }
+
+    #[test]
+    fn namespace_events_map_to_the_profile_of_the_same_name() {
+        let profiles = store_of(&["alice", "bob"]);
+        assert_eq!(profiles_for_namespace("alice", "kubeflow", &profiles), [ObjectRef::new("alice")]);
+        assert!(profiles_for_namespace("kube-system", "kubeflow", &profiles).is_empty());
+        let mut all = profiles_for_namespace("kubeflow", "kubeflow", &profiles);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(all, [ObjectRef::new("alice"), ObjectRef::new("bob")]);
+    }
+
+    #[test]
+    fn managed_object_events_map_to_the_labelled_profile() {
+        let profiles = store_of(&["alice"]);
+        let config = Config::default();
+        let mut object = crate::istio::build(
+            ManagedKind::PodDefault,
+            &Profile::new("alice", ProfileSpec::default()),
+            &config,
+        );
+        assert_eq!(profile_of_managed(&object, &profiles), Some(ObjectRef::new("alice")));
+        object.metadata.labels.as_mut().unwrap().insert(PROFILE_LABEL.into(), "gone".into());
+        assert_eq!(profile_of_managed(&object, &profiles), None);
+        object.metadata.labels.as_mut().unwrap().remove(PROFILE_LABEL);
+        assert_eq!(profile_of_managed(&object, &profiles), None);
+    }
+
+    #[test]
+    fn managed_kinds_resolve_to_the_plurals_the_crds_serve() {
+        let plurals = ManagedKind::ALL.map(|k| k.api_resource().plural);
+        assert_eq!(plurals, ["envoyfilters", "authorizationpolicies", "servicerolebindings", "poddefaults"]);
+    }
+}
