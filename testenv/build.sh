@@ -21,7 +21,6 @@ fi
 export GOCACHE="$root/target/go-cache"
 export GOMODCACHE="$root/target/go-mod"
 export CGO_ENABLED=0
-export GOFLAGS="${GOFLAGS:-} -mod=mod"
 mkdir -p "$(dirname "$out")" "$GOCACHE" "$GOMODCACHE"
 
 start=$(date +%s)

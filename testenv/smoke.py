@@ -104,6 +104,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/testenv/testenv"))
     ap.add_argument("--no-controllers", action="store_true")
+    ap.add_argument("--preload-crds", action="store_true", help="pass --crds deploy/crds to testenv")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="testenv-smoke-")
@@ -111,6 +112,9 @@ def main():
     cmd = [args.binary, "--dir", state, "--exit-on-stdin-eof"]
     if args.no_controllers:
         cmd.append("--controllers=false")
+    crd_dir = os.path.join(ROOT, "deploy/crds")
+    if args.preload_crds:
+        cmd += ["--crds", crd_dir]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
@@ -128,13 +132,15 @@ def main():
 
     # CRDs
     t_crd = time.time()
-    crd_dir = os.path.join(ROOT, "deploy/crds")
     names = []
     for fn in sorted(os.listdir(crd_dir)):
         if fn.endswith(".yaml"):
             body, ctype = yaml_crd_to_json(os.path.join(crd_dir, fn))
             code, obj = c.req("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body, ctype)
-            if code not in (200, 201):
+            if code == 409 and args.preload_crds:
+                obj = json.loads(body) if ctype == "application/json" else {"metadata": {"name": re.search(
+                    r"^  name: (\S+)", body.decode(), re.M).group(1)}}
+            elif code not in (200, 201):
                 raise SystemExit(f"create CRD {fn} -> {code}: {obj}")
             names.append(obj["metadata"]["name"])
 
@@ -164,7 +170,20 @@ def main():
     c.must("GET", "/apis/kubeflow.org/v1alpha3/namespaces/smoke/trials/t1")
 
     if args.no_controllers:
-        log("controllers disabled: skipping GC and namespace checks")
+        # control: without the garbage collector the dependent must stay
+        owner = c.must("POST", "/api/v1/namespaces/smoke/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}})
+        c.must("POST", "/api/v1/namespaces/smoke/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dependent", "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}]}})
+        c.must("DELETE", "/api/v1/namespaces/smoke/configmaps/owner")
+        time.sleep(3)
+        c.must("GET", "/api/v1/namespaces/smoke/configmaps/dependent")
+        c.must("DELETE", "/api/v1/namespaces/smoke")
+        time.sleep(2)
+        ns = c.must("GET", "/api/v1/namespaces/smoke")
+        assert ns["status"]["phase"] == "Terminating", ns
+        log("controllers disabled: dependent kept, namespace stays Terminating (as expected)")
     else:
         # GC: dependent ConfigMap owned by another ConfigMap
         owner = c.must("POST", "/api/v1/namespaces/smoke/configmaps", {
