@@ -18,14 +18,23 @@ if [[ -x "$out" ]]; then
   fi
 fi
 
-export GOCACHE="$root/target/go-cache"
-export GOMODCACHE="$root/target/go-mod"
+# Caches live under target/ (so a CI cache of target/ keeps them); TESTENV_CACHE_DIR moves
+# them elsewhere, e.g. to a directory that outlives fresh clones on the same machine.
+cache="${TESTENV_CACHE_DIR:-$root/target}"
+export GOCACHE="$cache/go-cache"
+export GOMODCACHE="$cache/go-mod"
 export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -modcacherw"   # keep target/ removable without `go clean -modcache`
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
 mkdir -p "$(dirname "$out")" "$GOCACHE" "$GOMODCACHE"
 
 start=$(date +%s)
 echo "testenv: building $out (a cold build takes 10-20 minutes on 2 cores) ..." >&2
 cd "$here"
-go build -trimpath -ldflags="-s -w" -o "$out.tmp" .
-mv -f "$out.tmp" "$out"
+tmp="$out.tmp.$$"
+trap 'rm -f "$tmp"' EXIT
+go build -trimpath -ldflags="-s -w" -o "$tmp" .
+mv -f "$tmp" "$out"
 echo "testenv: built $out in $(( $(date +%s) - start ))s"
