@@ -261,7 +261,7 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"generateName": "nb-", "labels": {"notebook-name": "nb"},
                          "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"containers": [{"name": "nb", "image": "jupyter", "env": [{"name": "A", "value": "1"}]}]}
+            "spec": {"serviceAccountName": "default-editor", "containers": [{"name": "nb", "image": "jupyter", "env": [{"name": "A", "value": "1"}]}]}
         })
     }
 

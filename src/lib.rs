@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod istio;
+pub mod local;
 pub mod manifests;
 pub mod model;
 pub mod policy;

@@ -217,7 +217,7 @@ async fn katib_trial_pod_legacy_modes() {
         "{COLLECTOR_ARGV}\n\
          tf_code=$?\n\
          tf_log='/dev/termination-log'\n\
-         tf_saved=\"${{TMPDIR:-/tmp}}/tenancy-fixer-termination-log.$$\"\n\
+         tf_saved=\"${{TMPDIR:-/tmp}}/tenancy-fixer-termination-log\"\n\
          cp \"$tf_log\" \"$tf_saved\" 2>/dev/null\n\
          pkill -INT 'pilot-agent' 2>/dev/null || echo 'tenancy-fixer: could not stop istio-proxy' >&2\n\
          if [ -f \"$tf_saved\" ]; then cat \"$tf_saved\" > \"$tf_log\" 2>/dev/null; rm -f \"$tf_saved\"; fi\n\

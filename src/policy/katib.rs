@@ -136,6 +136,9 @@ fn run_script(container: &mut Container, script: String) {
     container.args = None;
 }
 
+// The kubelet expands `$(NAME)` and turns `$$` into `$` in command and args, so the scripts
+// below use neither (`$((...))` is arithmetic, which it leaves alone).
+
 /// Shell lines that return once the proxy is ready (bounded), or after a fixed sleep.
 fn wait_for_proxy(config: &Config) -> String {
     let katib = &config.settings.katib;
@@ -177,7 +180,7 @@ fn run_then_stop_proxy(argv: &[String], termination_log: &str, config: &Config) 
         "{command}\n\
          tf_code=$?\n\
          tf_log={log}\n\
-         tf_saved=\"${{TMPDIR:-/tmp}}/tenancy-fixer-termination-log.$$\"\n\
+         tf_saved=\"${{TMPDIR:-/tmp}}/tenancy-fixer-termination-log\"\n\
          cp \"$tf_log\" \"$tf_saved\" 2>/dev/null\n\
          {stop}\n\
          if [ -f \"$tf_saved\" ]; then cat \"$tf_saved\" > \"$tf_log\" 2>/dev/null; rm -f \"$tf_saved\"; fi\n\
@@ -376,6 +379,19 @@ mod tests {
             let twice = wrapped(&once, &c);
             assert!(!twice.changed(), "{:?}", twice.applied);
             assert_eq!(twice.object, once);
+        }
+    }
+
+    #[test]
+    fn scripts_survive_kubelet_variable_expansion() {
+        for yaml in ["kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n", "kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  proxyShutdown: pkill\n"] {
+            let d = wrapped(&katib_pod(), &config(yaml));
+            for index in [0, 1] {
+                let script = script(&d.object, index);
+                assert!(!script.contains("$$"), "{script}");
+                let expanded = script.match_indices("$(").filter(|(i, _)| !script[i + 2..].starts_with('('));
+                assert_eq!(expanded.count(), 0, "{script}");
+            }
         }
     }
 

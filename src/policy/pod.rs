@@ -40,10 +40,15 @@ pub fn mutate_pod(pod: &Pod, namespace: &str, config: &Config) -> Decision<Pod> 
     }
 
     if config.modes.kfp_access == KfpAccess::Token {
-        if let Some(spec) = &mut decision.object.spec {
-            if token::inject_token(spec, config) {
-                decision.applied(token::RULE);
+        match &mut decision.object.spec {
+            // The API server only projects tokens of a named account; in a cluster the
+            // ServiceAccount admission plugin has named one before webhooks run.
+            Some(spec) if spec.service_account_name.as_deref().is_some_and(|sa| !sa.is_empty()) => {
+                if token::inject_token(spec, config) {
+                    decision.applied(token::RULE);
+                }
             }
+            _ => decision.skip("pod names no service account: no KFP token"),
         }
     }
     katib::wrap_trial_pod(&mut decision, config);
@@ -81,6 +86,7 @@ mod tests {
             },
             spec: Some(PodSpec {
                 containers: vec![Container { name: "main".into(), ..Default::default() }],
+                service_account_name: Some("default-editor".into()),
                 ..Default::default()
             }),
         }
@@ -109,6 +115,16 @@ mod tests {
             volume.rest["projected"]["sources"][0]["serviceAccountToken"]["audience"],
             "pipelines.kubeflow.org"
         );
+    }
+
+    #[test]
+    fn no_token_without_a_service_account() {
+        let mut p = pod(&[("notebook-name", "nb")]);
+        p.spec.as_mut().unwrap().service_account_name = None;
+        let d = mutate_pod(&p, "alice", &config("kfpAccess: token"));
+        assert_eq!(d.applied, vec![NOTEBOOK_RULE]);
+        assert_eq!(d.object.spec, p.spec);
+        assert!(d.skipped.iter().any(|s| s.contains("no service account")), "{:?}", d.skipped);
     }
 
     #[test]

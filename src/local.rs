@@ -1,0 +1,207 @@
+//! A local control plane for the demo and the end-to-end tests: starts the `testenv` binary
+//! (etcd + kube-apiserver + GC and namespace controllers, see `testenv/`), makes the webhook's
+//! TLS material, and registers the webhook by URL.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    core::v1::{Namespace, Pod},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::json;
+
+use crate::{
+    config::Config,
+    manifests::{Endpoint, FailurePolicy, webhook_configuration},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} did not report ready in time")]
+    NotReady(String),
+    #[error("file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the webhook did not answer the API server within {timeout:?} (last: {last})")]
+    WebhookSilent { timeout: Duration, last: String },
+}
+
+pub type Result<T, E = LocalError> = std::result::Result<T, E>;
+
+/// A running testenv. It exits when this handle is dropped (its stdin closes), and also when
+/// our process dies, so nothing is left behind.
+pub struct Testenv {
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    stdin: Option<ChildStdin>,
+    child: Child,
+}
+
+/// The line testenv prints once it serves.
+const READY_MARKER: &str = "testenv ready";
+
+impl Testenv {
+    /// Starts `binary` with its state under `dir`, serving the CRDs found in `crds`.
+    pub fn start(binary: &Path, dir: &Path, crds: &Path, timeout: Duration) -> Result<Self> {
+        let mut child = Command::new(binary)
+            .arg("--dir")
+            .arg(dir)
+            .arg("--crds")
+            .arg(crds)
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| LocalError::Spawn { what: binary.display().to_string(), source })?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let line = wait_for_line(stdout, READY_MARKER, timeout)
+            .ok_or_else(|| LocalError::NotReady(format!("testenv (logs in {})", dir.display())))?;
+        let field = |key: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_default().to_string()
+        };
+        Ok(Self {
+            kubeconfig: PathBuf::from(field("kubeconfig=")),
+            server: field("server="),
+            stdin: child.stdin.take(),
+            child,
+        })
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+}
+
+impl Drop for Testenv {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let error = |message: String| LocalError::Kubeconfig { path: path.into(), message };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| error(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    Client::try_from(config).map_err(LocalError::Kube)
+}
+
+/// Reads `out` on a thread until a line contains `marker` (returned); every other line is
+/// echoed to stderr, also after the marker, so the child never blocks on a full pipe.
+pub fn wait_for_line(out: impl Read + Send + 'static, marker: &str, timeout: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        let mut found = false;
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if !found && line.contains(&marker) {
+                found = true;
+                let _ = tx.send(line.clone());
+            }
+            eprintln!("{line}");
+        }
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
+/// A CA and a serving certificate for 127.0.0.1/localhost, written as PEM files.
+pub struct WebhookTls {
+    pub ca_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl WebhookTls {
+    pub fn generate(dir: &Path) -> Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "tenancy-fixer local CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = params.signed_by(&key, &issuer)?;
+        let tls = Self { ca_pem: ca.pem(), cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+        for (path, pem) in [(&tls.cert, cert.pem()), (&tls.key, key.serialize_pem())] {
+            std::fs::write(path, pem).map_err(|source| LocalError::File { path: path.clone(), source })?;
+        }
+        Ok(tls)
+    }
+}
+
+/// Namespace where [`register_webhook`] probes the admission chain.
+const PROBE_NAMESPACE: &str = "tenancy-fixer-probe";
+
+/// Registers the webhook at `url` (failurePolicy Ignore) and waits until the API server calls
+/// it: configuration changes reach the admission chain asynchronously, so a dry-run notebook
+/// pod is created until it comes back labelled.
+pub async fn register_webhook(client: &Client, url: &str, ca_pem: &str, config: &Config, timeout: Duration) -> Result<()> {
+    let mwc = webhook_configuration(&Endpoint::Url(url.into()), ca_pem.as_bytes(), FailurePolicy::Ignore, config);
+    let apply = PatchParams::apply("tenancy-fixer-local").force();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(&mwc.name_any(), &apply, &Patch::Apply(&mwc))
+        .await?;
+    ensure_namespace(client, PROBE_NAMESPACE).await?;
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe", "labels": {config.settings.notebook_label.clone(): "probe"}},
+        "spec": {"serviceAccountName": "default", "containers": [{"name": "probe", "image": "probe"}]},
+    }))
+    .expect("static pod manifest");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), PROBE_NAMESPACE);
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let start = Instant::now();
+    let mut last = String::from("no attempt");
+    while start.elapsed() < timeout {
+        match pods.create(&dry_run, &probe).await {
+            Ok(pod) if pod.labels().get(&config.settings.extension_label).map(String::as_str) == Some("true") => {
+                return Ok(());
+            }
+            Ok(_) => last = "probe pod admitted without our label".into(),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(LocalError::WebhookSilent { timeout, last })
+}
+
+/// Creates the namespace if it does not exist.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    Api::<Namespace>::all(client.clone())
+        .patch(name, &PatchParams::apply("tenancy-fixer-local"), &Patch::Apply(&namespace))
+        .await?;
+    Ok(())
+}

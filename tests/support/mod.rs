@@ -1,0 +1,275 @@
+//! End-to-end harness: a real kube-apiserver (testenv) and the real `tenancy-fixer serve`,
+//! registered as a MutatingWebhookConfiguration by URL over TLS.
+//!
+//! One control plane per test binary (a binary is one scenario: which CRDs are served, which
+//! settings `serve` runs with). Child processes are tied to the test process through their
+//! stdin, so nothing outlives a crashed or killed test run.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+pub mod scenario;
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, DynamicObject, PostParams},
+};
+use serde_json::{Value, json};
+use tenancy_fixer::{
+    config::Config,
+    local::{Testenv, WebhookTls, wait_for_line},
+};
+
+pub use tenancy_fixer::local::ensure_namespace as ensure_namespace_checked;
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running testenv for this test binary.
+pub struct ControlPlane {
+    testenv: Testenv,
+}
+
+static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// Builds testenv if needed (no-op when fresh) and starts it once per test binary, serving
+/// exactly the CRDs named (file stems under deploy/crds).
+pub fn control_plane(crds: &[&str]) -> &'static ControlPlane {
+    PLANE.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let status = Command::new(repo_root().join("testenv/build.sh"))
+            .stdout(Stdio::inherit())
+            .status()
+            .expect("run testenv/build.sh");
+        assert!(status.success(), "testenv/build.sh failed");
+        let dir = tempdir("testenv");
+        let crd_dir = dir.join("crds");
+        std::fs::create_dir_all(&crd_dir).unwrap();
+        for crd in crds {
+            let name = format!("{crd}.yaml");
+            std::fs::copy(repo_root().join("deploy/crds").join(&name), crd_dir.join(&name))
+                .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+        }
+        let testenv = Testenv::start(
+            &repo_root().join("target/testenv/testenv"),
+            &dir.join("state"),
+            &crd_dir,
+            Duration::from_secs(180),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        ControlPlane { testenv }
+    })
+}
+
+impl ControlPlane {
+    pub async fn client(&self) -> Client {
+        self.testenv.client().await.unwrap()
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.testenv.kubeconfig
+    }
+}
+
+/// A fresh directory under the system temp dir.
+pub fn tempdir(prefix: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tf-{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn webhook_tls(dir: &Path) -> WebhookTls {
+    WebhookTls::generate(dir).unwrap()
+}
+
+/// A running `tenancy-fixer serve`, stopped on drop.
+pub struct Serve {
+    pub port: u16,
+    pub config_file: PathBuf,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Serve {
+    /// Starts `serve` against the control plane with `settings_yaml`, on `port` (0 = free).
+    pub fn start(plane: &ControlPlane, settings_yaml: &str, tls: &WebhookTls, port: u16) -> Serve {
+        let port = if port == 0 { free_port() } else { port };
+        let config_file = tempdir("serve").join("config.yaml");
+        std::fs::write(&config_file, settings_yaml).unwrap();
+        // `sh` holds the server and kills it when our end of its stdin closes (test exit).
+        let script = r#""$@" & pid=$!; trap 'kill $pid 2>/dev/null; wait $pid; exit' TERM INT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_tenancy-fixer"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_file)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key)
+            .arg("--kubeconfig")
+            .arg(plane.kubeconfig())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tenancy-fixer serve");
+        wait_for_line(child.stderr.take().unwrap(), "listening on https://", TIMEOUT)
+            .expect("serve did not start");
+        let stdin = child.stdin.take();
+        Serve { port, config_file, child, stdin }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Registers the webhook for `serve` and waits until the API server calls it.
+pub async fn register_webhook(client: &Client, serve_url: &str, tls: &WebhookTls, config: &Config) {
+    tenancy_fixer::local::register_webhook(client, serve_url, &tls.ca_pem, config, TIMEOUT)
+        .await
+        .unwrap();
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`TIMEOUT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    ensure_namespace_checked(client, name).await.unwrap();
+}
+
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+/// A minimal pod manifest with the given labels.
+pub fn pod_json(name: &str, labels: &[(&str, &str)]) -> Value {
+    let labels: serde_json::Map<String, Value> =
+        labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "serviceAccountName": "default-editor",
+            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}],
+        }
+    })
+}
+
+/// The API for a manifest's kind, in `namespace` (None: cluster-scoped).
+pub async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value) -> Api<DynamicObject> {
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk_of(manifest)).await.unwrap();
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Creates an object of any kind from its manifest and returns it as stored.
+pub async fn create(client: &Client, namespace: Option<&str>, manifest: &Value) -> Value {
+    let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
+    let created = api_for(client, namespace, manifest)
+        .await
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("create {manifest}: {e}"));
+    serde_json::to_value(created).unwrap()
+}
+
+pub fn gvk_of(manifest: &Value) -> kube::api::GroupVersionKind {
+    let api_version = manifest["apiVersion"].as_str().unwrap();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    kube::api::GroupVersionKind::gvk(group, version, manifest["kind"].as_str().unwrap())
+}
+
+/// The object the offline rules make of `manifest` (what the webhook must have stored).
+pub fn expected(manifest: &Value, namespace: &str, config: &Config) -> Value {
+    let target = tenancy_fixer::admission::Target::of_api_version(
+        manifest["apiVersion"].as_str().unwrap(),
+        manifest["kind"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mutation =
+        tenancy_fixer::admission::mutate(target, &manifest.to_string(), Some(namespace), config).unwrap();
+    let mut object = manifest.clone();
+    json_patch::patch(&mut object, &mutation.patch).unwrap();
+    object
+}
+
+/// Asserts that every field of `expected` is in `actual` with the same value (the server adds
+/// defaults and its own labels, so `actual` may hold more).
+pub fn assert_stored_as(actual: &Value, expected: &Value) {
+    fn subset(path: &str, actual: &Value, expected: &Value) {
+        match (expected, actual) {
+            (Value::Object(e), Value::Object(a)) => {
+                for (k, v) in e {
+                    let a = a.get(k).unwrap_or_else(|| panic!("{path}/{k} missing in stored object"));
+                    subset(&format!("{path}/{k}"), a, v);
+                }
+            }
+            (Value::Array(e), Value::Array(a)) => {
+                assert_eq!(e.len(), a.len(), "{path}: length differs");
+                for (i, (e, a)) in e.iter().zip(a).enumerate() {
+                    subset(&format!("{path}/{i}"), a, e);
+                }
+            }
+            _ => assert_eq!(actual, expected, "{path}"),
+        }
+    }
+    subset("", actual, expected);
+}
