@@ -18,7 +18,9 @@ use serde_json::Value;
 use crate::{
     admission::{self, Target},
     config::{Capabilities, Config, ConfigError, Settings},
-    controller, istio,
+    controller,
+    demo::{self, DemoOptions},
+    istio,
     model::Profile,
     telemetry::{self, LogFormat},
     webhook::{self, TlsFiles, WebhookError},
@@ -44,6 +46,24 @@ pub enum Command {
     Mutate(MutateArgs),
     /// Print the objects kept for a Profile in the configured mode (offline).
     Render(RenderArgs),
+    /// Run everything on a local control plane (testenv) and narrate what tenancy-fixer does.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use this cluster instead of starting testenv (its API server must reach 127.0.0.1).
+    #[arg(long, value_name = "PATH", env = "TENANCY_FIXER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The testenv binary (`testenv/build.sh` builds it).
+    #[arg(long, value_name = "FILE", default_value = "target/testenv/testenv", env = "TENANCY_FIXER_TESTENV")]
+    pub testenv: PathBuf,
+    /// Directory of CRDs testenv serves; repeat to add more (deploy/crds/legacy-istio for Istio < 1.6).
+    #[arg(long, value_name = "DIR", default_value = "deploy/crds", env = "TENANCY_FIXER_CRDS", value_delimiter = ',')]
+    pub crds: Vec<PathBuf>,
+    /// Settings file (YAML); `auto` settings are decided by API discovery.
+    #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +148,8 @@ pub enum CliError {
     Runtime(#[source] io::Error),
     #[error("cannot write output: {0}")]
     Output(String),
+    #[error("demo failed: {0}")]
+    Demo(#[source] demo::DemoError),
 }
 
 impl CliError {
@@ -161,6 +183,10 @@ impl Cli {
                 let out = args.run()?;
                 write_stdout(&out)
             }
+            Command::Demo(args) => {
+                telemetry::init(log_format, "warn");
+                args.run()
+            }
         }
     }
 }
@@ -184,6 +210,20 @@ fn load_settings(path: Option<&Path>) -> Result<Settings> {
 /// Settings resolved without a cluster: `auto` means the modern modes.
 fn offline_config(path: Option<&Path>) -> Result<Config> {
     Ok(load_settings(path)?.resolve(&Capabilities::modern()))
+}
+
+impl DemoArgs {
+    pub fn run(self) -> Result<()> {
+        let Self { kubeconfig, testenv, crds, config } = self;
+        let settings = load_settings(config.as_deref())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        runtime
+            .block_on(demo::run(DemoOptions { kubeconfig, testenv, crds, settings }))
+            .map_err(CliError::Demo)
+    }
 }
 
 impl ServeArgs {

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod demo;
 pub mod istio;
 pub mod local;
 pub mod manifests;

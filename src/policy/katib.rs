@@ -411,6 +411,11 @@ mod tests {
         Command::new("/bin/sh").args(["-c", script]).output().unwrap()
     }
 
+    /// Runs a collector script with its own scratch directory (each container has its own /tmp).
+    fn run_in(dir: &std::path::Path, script: &str) -> std::process::Output {
+        Command::new("/bin/sh").args(["-c", script]).env("TMPDIR", dir).output().unwrap()
+    }
+
     #[test]
     fn training_arguments_survive_wrapping_byte_for_byte() {
         let mut args = vec!["%s\\0"];
@@ -484,7 +489,7 @@ mod tests {
             one_shot_server("200 OK", move || std::fs::write(&clobber, "proxy was here").unwrap());
         let yaml = format!("kfpAccess: header\nistio:\n  quitUrl: {url}/quitquitquit\n");
         let d = wrapped(&collector_pod(&log, 3), &config(&yaml));
-        let out = run(script(&d.object, 1));
+        let out = run_in(&dir, script(&d.object, 1));
         assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(requests.recv().unwrap().starts_with("POST /quitquitquit"));
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "collector says it's done");
@@ -498,7 +503,7 @@ mod tests {
         let log = dir.join("termination-log");
         let yaml = "kfpAccess: header\nistio:\n  quitUrl: http://127.0.0.1:9/quitquitquit\n";
         let d = wrapped(&collector_pod(&log, 0), &config(yaml));
-        let out = run(script(&d.object, 1));
+        let out = run_in(&dir, script(&d.object, 1));
         assert_eq!(out.status.code(), Some(0));
         assert!(String::from_utf8_lossy(&out.stderr).contains("could not stop istio-proxy"));
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "collector says it's done");
@@ -517,7 +522,7 @@ mod tests {
         let log = dir.join("termination-log");
         let yaml = format!("kfpAccess: header\nkatib:\n  proxyShutdown: pkill\nistio:\n  pilotAgentProcess: {name}\n");
         let d = wrapped(&collector_pod(&log, 5), &config(&yaml));
-        let out = run(script(&d.object, 1));
+        let out = run_in(&dir, script(&d.object, 1));
         assert_eq!(out.status.code(), Some(5));
         let status = agent.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;

@@ -43,7 +43,7 @@ pub struct ControlPlane {
 static PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
 /// Builds testenv if needed (no-op when fresh) and starts it once per test binary, serving
-/// exactly the CRDs named (file stems under deploy/crds).
+/// exactly the CRDs named (paths under deploy/crds, without `.yaml`).
 pub fn control_plane(crds: &[&str]) -> &'static ControlPlane {
     PLANE.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -56,9 +56,9 @@ pub fn control_plane(crds: &[&str]) -> &'static ControlPlane {
         let crd_dir = dir.join("crds");
         std::fs::create_dir_all(&crd_dir).unwrap();
         for crd in crds {
-            let name = format!("{crd}.yaml");
-            std::fs::copy(repo_root().join("deploy/crds").join(&name), crd_dir.join(&name))
-                .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+            let source = repo_root().join("deploy/crds").join(format!("{crd}.yaml"));
+            std::fs::copy(&source, crd_dir.join(source.file_name().unwrap()))
+                .unwrap_or_else(|e| panic!("CRD {}: {e}", source.display()));
         }
         let testenv = Testenv::start(
             &repo_root().join("target/testenv/testenv"),

@@ -34,11 +34,11 @@ pub const ALL_CRDS: &[&str] = &[
     "trial",
     "envoyfilter",
     "authorizationpolicy",
-    "servicerolebinding",
-    "servicerole",
+    "legacy-istio/servicerolebinding",
+    "legacy-istio/servicerole",
     "poddefault",
 ];
-/// A current cluster: no `rbac.istio.io`.
+/// A current cluster: no `rbac.istio.io` (its CRDs live in deploy/crds/legacy-istio).
 pub const MODERN_CRDS: &[&str] = &["profile", "trial", "envoyfilter", "authorizationpolicy", "poddefault"];
 
 struct Running {
