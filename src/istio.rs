@@ -85,6 +85,12 @@ impl ManagedKind {
         }
     }
 
+    /// Can this kind be built for `profile`? The EnvoyFilter asserts the owner's identity, so a
+    /// Profile naming no owner gets none (rather than an empty user id).
+    pub fn buildable_for(self, profile: &Profile) -> bool {
+        self != ManagedKind::EnvoyFilter || !owner_of(profile).is_empty()
+    }
+
     /// The kinds the configured mode keeps.
     pub fn wanted(config: &Config) -> Vec<ManagedKind> {
         match config.modes.kfp_access {
@@ -112,7 +118,11 @@ pub fn principal(namespace: &str, config: &Config) -> String {
 
 /// Every object the configured mode keeps for `profile`, in a stable order.
 pub fn desired_objects(profile: &Profile, config: &Config) -> Vec<DynamicObject> {
-    ManagedKind::wanted(config).into_iter().map(|kind| build(kind, profile, config)).collect()
+    ManagedKind::wanted(config)
+        .into_iter()
+        .filter(|kind| kind.buildable_for(profile))
+        .map(|kind| build(kind, profile, config))
+        .collect()
 }
 
 /// The object of `kind` kept for `profile`.
@@ -190,6 +200,8 @@ pub fn build(kind: ManagedKind, profile: &Profile, config: &Config) -> DynamicOb
 }
 
 /// The Profile as owner of what we create for it (needs its uid, so only once it is stored).
+/// Not a controller reference: an object someone else controls (a hand-made
+/// `access-ml-pipeline` PodDefault, say) can still take ours beside theirs.
 fn owner_reference(profile: &Profile) -> Option<OwnerReference> {
     let uid = profile.uid()?;
     Some(OwnerReference {
@@ -197,7 +209,7 @@ fn owner_reference(profile: &Profile) -> Option<OwnerReference> {
         kind: Profile::kind(&()).into_owned(),
         name: profile.name_any(),
         uid,
-        controller: Some(true),
+        controller: None,
         block_owner_deletion: None,
     })
 }
@@ -339,6 +351,20 @@ mod tests {
             spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"],
             json!({"path": "token", "expirationSeconds": 7200, "audience": "pipelines.kubeflow.org"})
         );
+    }
+
+    #[test]
+    fn profile_without_owner_gets_no_envoy_filter() {
+        let mut p = profile("nobody", "");
+        let kinds = |p: &Profile| {
+            desired_objects(p, &config("kfpAccess: header"))
+                .iter()
+                .map(|o| o.types.as_ref().unwrap().kind.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&p), ["AuthorizationPolicy"]);
+        p.spec.owner = None;
+        assert_eq!(kinds(&p), ["AuthorizationPolicy"]);
     }
 
     #[test]

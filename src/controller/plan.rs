@@ -41,6 +41,8 @@ pub enum HeldBack {
     /// The namespace the object would live in (or the profile's namespace it refers to) is not
     /// active.
     Namespace { namespace_is_kubeflow: bool, state: NamespaceState },
+    /// The Profile names no owner, whose identity the object would assert.
+    NoOwner,
 }
 
 /// The objects to keep for a profile, each with its kind.
@@ -63,6 +65,8 @@ pub fn desired(
     for kind in ManagedKind::wanted(config) {
         let held_back = if !served.contains(&kind) {
             Some(HeldBack::NotServed)
+        } else if !kind.buildable_for(profile) {
+            Some(HeldBack::NoOwner)
         } else if profile_namespace != NamespaceState::Active {
             Some(HeldBack::Namespace { namespace_is_kubeflow: false, state: profile_namespace })
         } else if kind.home() == Home::Kubeflow && kubeflow_namespace != NamespaceState::Active {
@@ -306,6 +310,16 @@ mod tests {
                 HeldBack::Namespace { namespace_is_kubeflow: true, state: Missing }
             )]
         );
+    }
+
+    #[test]
+    fn ownerless_profile_keeps_no_envoy_filter() {
+        let (owned, c) = (profile("alice", "a@x"), config("kfpAccess: header"));
+        let stored = stored_all(&desired(&owned, &c, ALL, Active, Active));
+        let d = desired(&profile("alice", ""), &c, ALL, Active, Active);
+        assert_eq!(d.held_back, [(ManagedKind::EnvoyFilter, HeldBack::NoOwner)]);
+        let p = plan(d.objects, &stored);
+        assert_eq!(kinds(&p.delete), [ManagedKind::EnvoyFilter]);
     }
 
     #[test]
