@@ -14,8 +14,7 @@ use std::{
 
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, DynamicObject, GroupVersionKind, PostParams},
-    discovery,
+    api::{DeleteParams, DynamicObject},
 };
 use serde_json::{Value, json};
 
@@ -146,7 +145,7 @@ async fn narrate(client: &Client, config: &Config) -> Result<()> {
         "metadata": {"name": PROFILE},
         "spec": {"owner": {"kind": "User", "name": OWNER}},
     });
-    create(client, None, &profile).await?;
+    local::create(client, None, &profile, false).await?;
     let started = Instant::now();
     let kept = kept_objects(client, config).await?;
     println!(
@@ -163,7 +162,7 @@ async fn narrate(client: &Client, config: &Config) -> Result<()> {
     let api = api_of(client, victim);
     api.delete(&victim.name_any(), &DeleteParams::default()).await?;
     let started = Instant::now();
-    let restored = poll(|| async {
+    let restored = local::poll(WAIT, || async {
         let found = api.get_opt(&victim.name_any()).await.ok()??;
         (found.uid() != victim.uid()).then_some(found)
     })
@@ -251,8 +250,8 @@ async fn narrate(client: &Client, config: &Config) -> Result<()> {
 
 /// Creates `manifest` in the profile namespace, prints what the webhook changed, returns it.
 async fn show(title: &str, client: &Client, manifest: &Value) -> Result<Value> {
-    let baseline = dry_run(client, manifest).await?;
-    let stored = create(client, Some(PROFILE), manifest).await?;
+    let baseline = local::create(client, Some(BASELINE_NAMESPACE), manifest, true).await?;
+    let stored = local::create(client, Some(PROFILE), manifest, false).await?;
     let patch = json_patch::diff(&comparable(&baseline), &comparable(&stored));
     let kind = manifest["kind"].as_str().unwrap_or("");
     let name = manifest["metadata"]["name"].as_str().unwrap_or("");
@@ -267,32 +266,6 @@ async fn show(title: &str, client: &Client, manifest: &Value) -> Result<Value> {
         println!();
     }
     Ok(stored)
-}
-
-async fn dry_run(client: &Client, manifest: &Value) -> Result<Value> {
-    let object: DynamicObject =
-        serde_json::from_value(manifest.clone()).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let api = api_for(client, Some(BASELINE_NAMESPACE), manifest).await?;
-    let stored = api.create(&PostParams { dry_run: true, ..PostParams::default() }, &object).await?;
-    Ok(serde_json::to_value(stored).unwrap_or_default())
-}
-
-async fn create(client: &Client, namespace: Option<&str>, manifest: &Value) -> Result<Value> {
-    let object: DynamicObject =
-        serde_json::from_value(manifest.clone()).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let stored = api_for(client, namespace, manifest).await?.create(&PostParams::default(), &object).await?;
-    Ok(serde_json::to_value(stored).unwrap_or_default())
-}
-
-async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value) -> Result<Api<DynamicObject>> {
-    let api_version = manifest["apiVersion"].as_str().unwrap_or("");
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, manifest["kind"].as_str().unwrap_or(""));
-    let (resource, _) = discovery::pinned_kind(client, &gvk).await?;
-    Ok(match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    })
 }
 
 /// The stored object without what differs between any two creations (identity, timestamps,
@@ -368,7 +341,7 @@ async fn kept_objects(client: &Client, config: &Config) -> Result<Vec<DynamicObj
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &kind.api_resource());
         let name = kind.object_name(PROFILE, config);
-        let object = poll(|| async { api.get_opt(&name).await.ok()? })
+        let object = local::poll(WAIT, || async { api.get_opt(&name).await.ok()? })
             .await
             .ok_or_else(|| DemoError::Setup(format!("{kind:?} {namespace}/{name} did not appear")))?;
         kept.push(object);
@@ -388,21 +361,6 @@ fn print_object(object: &DynamicObject) {
         println!("   {line}");
     }
     println!();
-}
-
-async fn poll<T, F, Fut>(mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
 }
 
 /// Removes what the demo created (matters when it ran against a real cluster).

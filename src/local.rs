@@ -16,10 +16,11 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
+    discovery,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     config::Config,
@@ -48,6 +49,8 @@ pub enum LocalError {
     Kubeconfig { path: PathBuf, message: String },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("manifest is not a Kubernetes object: {0}")]
+    Manifest(#[source] serde_json::Error),
     #[error("the webhook did not answer the API server within {timeout:?} (last: {last})")]
     WebhookSilent { timeout: Duration, last: String },
 }
@@ -204,4 +207,42 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
         .patch(name, &PatchParams::apply("tenancy-fixer-local"), &Patch::Apply(&namespace))
         .await?;
     Ok(())
+}
+
+/// The API of a manifest's kind (by discovery), in `namespace` (None: cluster-scoped).
+pub async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value) -> Result<Api<DynamicObject>> {
+    let api_version = manifest["apiVersion"].as_str().unwrap_or("");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, manifest["kind"].as_str().unwrap_or(""));
+    let (resource, _) = discovery::pinned_kind(client, &gvk).await?;
+    Ok(match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    })
+}
+
+/// Creates a manifest of any kind (optionally as a dry run) and returns it as stored.
+pub async fn create(client: &Client, namespace: Option<&str>, manifest: &Value, dry_run: bool) -> Result<Value> {
+    let object: DynamicObject = serde_json::from_value(manifest.clone()).map_err(LocalError::Manifest)?;
+    let params = PostParams { dry_run, ..PostParams::default() };
+    let stored = api_for(client, namespace, manifest).await?.create(&params, &object).await?;
+    serde_json::to_value(stored).map_err(LocalError::Manifest)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+pub async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -13,13 +13,13 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::OnceLock,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
-    api::{DeleteParams, DynamicObject, PostParams},
+    api::{DeleteParams, DynamicObject},
 };
 use serde_json::{Value, json};
 use tenancy_fixer::{
@@ -172,19 +172,14 @@ pub async fn register_webhook(client: &Client, serve_url: &str, tls: &WebhookTls
 }
 
 /// Polls `check` until it returns `Some`, or panics after [`TIMEOUT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tenancy_fixer::local::poll(TIMEOUT, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out waiting for: {what}"))
 }
 
 pub async fn ensure_namespace(client: &Client, name: &str) {
@@ -213,28 +208,14 @@ pub fn pod_json(name: &str, labels: &[(&str, &str)]) -> Value {
 
 /// The API for a manifest's kind, in `namespace` (None: cluster-scoped).
 pub async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value) -> Api<DynamicObject> {
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk_of(manifest)).await.unwrap();
-    match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    }
+    tenancy_fixer::local::api_for(client, namespace, manifest).await.unwrap()
 }
 
 /// Creates an object of any kind from its manifest and returns it as stored.
 pub async fn create(client: &Client, namespace: Option<&str>, manifest: &Value) -> Value {
-    let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
-    let created = api_for(client, namespace, manifest)
+    tenancy_fixer::local::create(client, namespace, manifest, false)
         .await
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("create {manifest}: {e}"));
-    serde_json::to_value(created).unwrap()
-}
-
-pub fn gvk_of(manifest: &Value) -> kube::api::GroupVersionKind {
-    let api_version = manifest["apiVersion"].as_str().unwrap();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    kube::api::GroupVersionKind::gvk(group, version, manifest["kind"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("create {manifest}: {e}"))
 }
 
 /// The object the offline rules make of `manifest` (what the webhook must have stored).
