@@ -1,5 +1,6 @@
 //! Command line: `serve` runs the webhook (and the profile controller); `mutate` and `render`
-//! apply the pure core to files, offline, so a rule or a mode can be tried without a cluster.
+//! apply the pure core to files, offline, so a rule or a mode can be tried without a cluster;
+//! `manifests` prints the install manifests and `release-finalizers` helps uninstall.
 //!
 //! Every flag also reads an environment variable (`TENANCY_FIXER_*`), for Deployments.
 //! Exit codes: 0 success, 1 bad input or runtime failure, 2 bad configuration.
@@ -18,9 +19,10 @@ use serde_json::Value;
 use crate::{
     admission::{self, Target},
     config::{Capabilities, Config, ConfigError, Settings},
-    controller,
+    controller::{self, LeaderElection},
     demo::{self, DemoOptions},
     istio,
+    manifests::{self, FailurePolicy, Install},
     model::Profile,
     telemetry::{self, LogFormat},
     webhook::{self, TlsFiles, WebhookError},
@@ -48,6 +50,36 @@ pub enum Command {
     Render(RenderArgs),
     /// Run everything on a local control plane (testenv) and narrate what tenancy-fixer does.
     Demo(DemoArgs),
+    /// Print the manifests installing tenancy-fixer in a cluster (a YAML stream for `kubectl apply -f -`).
+    Manifests(ManifestsArgs),
+    /// Remove tenancy-fixer's finalizer from every Profile (uninstall, after stopping the controller).
+    ReleaseFinalizers(ReleaseFinalizersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    /// Container image of the Deployment.
+    #[arg(long, value_name = "IMAGE", default_value = manifests::DEFAULT_IMAGE, env = "TENANCY_FIXER_IMAGE")]
+    pub image: String,
+    /// PEM file with the CA that signed the serving certificate (Secret tenancy-fixer-tls): the webhook's caBundle.
+    #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CA_BUNDLE", conflicts_with = "cert_manager")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Let cert-manager issue the serving certificate (self-signed Issuer, Certificate) and inject the caBundle.
+    #[arg(long, env = "TENANCY_FIXER_CERT_MANAGER")]
+    pub cert_manager: bool,
+    /// What the API server does when the webhook does not answer.
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", env = "TENANCY_FIXER_FAILURE_POLICY")]
+    pub failure_policy: FailurePolicy,
+    /// Settings file (YAML) to install in the ConfigMap (default: the default settings, every key spelt out).
+    #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseFinalizersArgs {
+    /// Kubeconfig to reach the cluster with (default: in-cluster config, else KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "PATH", env = "TENANCY_FIXER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +118,18 @@ pub struct ServeArgs {
     /// Serve the webhook only: no controller, no API access; `auto` settings resolve to the modern modes.
     #[arg(long, env = "TENANCY_FIXER_NO_CONTROLLER")]
     pub no_controller: bool,
+    /// Run the controller only while holding a Lease (several replicas: all serve admission, one writes).
+    #[arg(long, env = "TENANCY_FIXER_LEADER_ELECT", conflicts_with = "no_controller")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: env POD_NAMESPACE, else `tenancy-fixer`).
+    #[arg(long, value_name = "NAMESPACE", env = "TENANCY_FIXER_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease (coordination.k8s.io/v1; created when absent).
+    #[arg(long, value_name = "NAME", default_value = manifests::NAME, env = "TENANCY_FIXER_LEASE_NAME")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease, unique among replicas (default: env POD_NAME, else the hostname).
+    #[arg(long, value_name = "ID", env = "TENANCY_FIXER_LEASE_IDENTITY")]
+    pub lease_identity: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +194,8 @@ pub enum CliError {
     Output(String),
     #[error("demo failed: {0}")]
     Demo(#[source] demo::DemoError),
+    #[error("cannot release the finalizers: {0}")]
+    ReleaseFinalizers(#[source] controller::Error),
 }
 
 impl CliError {
@@ -186,6 +232,16 @@ impl Cli {
             Command::Demo(args) => {
                 telemetry::init(log_format, "warn");
                 args.run()
+            }
+            Command::Manifests(args) => {
+                telemetry::init(log_format, "warn");
+                let out = args.run()?;
+                write_stdout(&out)
+            }
+            Command::ReleaseFinalizers(args) => {
+                telemetry::init(log_format, "info");
+                let out = args.run()?;
+                write_stdout(&out)
             }
         }
     }
@@ -237,7 +293,21 @@ impl ServeArgs {
     }
 
     async fn serve(self, settings: Settings) -> Result<()> {
-        let Self { config: _, listen, tls_cert, tls_key, kubeconfig, no_controller } = self;
+        let Self {
+            config: _,
+            listen,
+            tls_cert,
+            tls_key,
+            kubeconfig,
+            no_controller,
+            leader_elect,
+            lease_namespace,
+            lease_name,
+            lease_identity,
+        } = self;
+        let election = leader_elect.then(|| {
+            leader_election(lease_namespace, lease_name, lease_identity, |key| std::env::var(key).ok(), hostname)
+        });
         let (config, client) = if no_controller {
             tracing::info!("controller disabled: auto settings resolve to the modern modes");
             (settings.resolve(&Capabilities::modern()), None)
@@ -273,11 +343,43 @@ impl ServeArgs {
         let Some(client) = client else {
             return Ok(server.await?);
         };
-        let mut controller = tokio::spawn(controller::run(client, config));
+        // Stops the controller (and releases the lease) once the webhook has stopped.
+        let halt = Arc::new(tokio::sync::Notify::new());
+        let halted = {
+            let halt = halt.clone();
+            async move { halt.notified().await }
+        };
+        let mut controller = match election {
+            Some(election) => {
+                tracing::info!(
+                    namespace = election.namespace,
+                    lease_name = election.lease_name,
+                    identity = election.identity,
+                    "leader election: the controller runs while this replica holds the lease"
+                );
+                tokio::spawn(controller::run_leader_elected_until(
+                    client,
+                    config,
+                    controller::stats(),
+                    election,
+                    halted,
+                ))
+            }
+            None => tokio::spawn(async move {
+                tokio::select! {
+                    result = controller::run(client, config) => result,
+                    () = halted => Ok(()),
+                }
+            }),
+        };
         tokio::pin!(server);
         tokio::select! {
             served = &mut server => {
-                controller.abort();
+                halt.notify_one();
+                let bound = controller::LEASE_RELEASE_TIMEOUT + std::time::Duration::from_secs(1);
+                if tokio::time::timeout(bound, &mut controller).await.is_err() {
+                    controller.abort();
+                }
                 Ok(served?)
             }
             ended = &mut controller => {
@@ -295,6 +397,75 @@ impl ServeArgs {
                 error.map_or(Ok(()), Err)
             }
         }
+    }
+}
+
+/// Where this replica competes for the lease: the flags, else the pod's downward-API
+/// environment (`POD_NAMESPACE`, `POD_NAME`), else our namespace and the hostname.
+fn leader_election(
+    lease_namespace: Option<String>,
+    lease_name: String,
+    lease_identity: Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+    hostname: impl FnOnce() -> Option<String>,
+) -> LeaderElection {
+    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    LeaderElection {
+        namespace: given(lease_namespace)
+            .or_else(|| given(env("POD_NAMESPACE")))
+            .unwrap_or_else(|| manifests::NAMESPACE.into()),
+        lease_name,
+        identity: given(lease_identity)
+            .or_else(|| given(env("POD_NAME")))
+            .or_else(|| given(hostname()))
+            .unwrap_or_else(|| format!("tenancy-fixer-{}", std::process::id())),
+    }
+}
+
+/// The kernel's hostname (a pod's name, unless the pod sets another), else `$HOSTNAME`.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+}
+
+impl ManifestsArgs {
+    /// The install manifests as a YAML stream.
+    pub fn run(self) -> Result<String> {
+        let Self { image, ca_bundle, cert_manager, failure_policy, config } = self;
+        let ca_bundle = ca_bundle.map(|path| read_ca_bundle(&path)).transpose()?;
+        let settings = load_settings(config.as_deref())?;
+        let install = Install { image, ca_bundle, cert_manager, failure_policy, settings };
+        manifests::install_manifests(&install).map_err(|e| CliError::Output(e.to_string()))
+    }
+}
+
+/// A PEM file holding at least one certificate.
+fn read_ca_bundle(path: &Path) -> Result<Vec<u8>> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(input(format!("{shown}: not a PEM certificate bundle (no BEGIN CERTIFICATE line)")));
+    }
+    Ok(pem)
+}
+
+impl ReleaseFinalizersArgs {
+    /// One line per released profile.
+    pub fn run(self) -> Result<String> {
+        let Self { kubeconfig } = self;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        let released = runtime.block_on(async {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            controller::release_finalizers(&client).await.map_err(CliError::ReleaseFinalizers)
+        })?;
+        let finalizer = controller::FINALIZER;
+        Ok(released.iter().map(|name| format!("profile/{name}: finalizer {finalizer} removed\n")).collect())
     }
 }
 
@@ -491,6 +662,89 @@ mod tests {
                 assert!(arg.get_env().is_some(), "{}: --{id} has no env", sub.get_name());
             }
         }
+    }
+
+    #[test]
+    fn serve_takes_the_leader_election_flags() {
+        let cli = Cli::try_parse_from([
+            "tenancy-fixer", "serve", "--tls-cert", "c", "--tls-key", "k", "--leader-elect",
+            "--lease-namespace", "ops", "--lease-name", "tf", "--lease-identity", "pod-0",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert!(args.leader_elect);
+        assert_eq!(
+            (args.lease_namespace.as_deref(), args.lease_name.as_str(), args.lease_identity.as_deref()),
+            (Some("ops"), "tf", Some("pod-0"))
+        );
+
+        let cli = Cli::try_parse_from(["tenancy-fixer", "serve", "--tls-cert", "c", "--tls-key", "k"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert!(!args.leader_elect, "off by default");
+        assert_eq!(args.lease_name, "tenancy-fixer");
+
+        let both = ["tenancy-fixer", "serve", "--tls-cert", "c", "--tls-key", "k", "--leader-elect", "--no-controller"];
+        assert!(Cli::try_parse_from(both).is_err(), "nothing to elect without a controller");
+    }
+
+    #[test]
+    fn lease_defaults_come_from_the_pod_then_the_host() {
+        let pod_env = |key: &str| match key {
+            "POD_NAMESPACE" => Some("kubeflow-ops".to_string()),
+            "POD_NAME" => Some("tenancy-fixer-5d9c-abcde".to_string()),
+            _ => None,
+        };
+        let host = || Some("node-host".to_string());
+        let election = leader_election(None, "tenancy-fixer".into(), None, pod_env, host);
+        assert_eq!(
+            (election.namespace.as_str(), election.lease_name.as_str(), election.identity.as_str()),
+            ("kubeflow-ops", "tenancy-fixer", "tenancy-fixer-5d9c-abcde")
+        );
+
+        let flags = leader_election(Some("ops".into()), "l".into(), Some("me".into()), pod_env, host);
+        assert_eq!((flags.namespace.as_str(), flags.identity.as_str()), ("ops", "me"), "flags win");
+
+        let empty_env = |_: &str| Some(String::new());
+        let outside = leader_election(Some(" ".into()), "l".into(), None, empty_env, host);
+        assert_eq!((outside.namespace.as_str(), outside.identity.as_str()), ("tenancy-fixer", "node-host"));
+
+        let nothing = leader_election(None, "l".into(), None, |_| None, || None);
+        assert!(nothing.identity.starts_with("tenancy-fixer-"), "{}", nothing.identity);
+    }
+
+    #[test]
+    fn manifests_flags_reach_the_install() {
+        let cli = Cli::try_parse_from(["tenancy-fixer", "manifests"]).unwrap();
+        let Command::Manifests(args) = cli.command else { panic!("not manifests") };
+        assert_eq!(args.run().unwrap(), manifests::install_manifests(&Install::default()).unwrap());
+
+        let dir = std::env::temp_dir().join(format!("tf-cli-manifests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "tenancy-fixer", "manifests", "--image", "tenancy-fixer:1.0-test", "--failure-policy", "fail",
+            "--ca-bundle", ca.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Command::Manifests(args) = cli.command else { panic!("not manifests") };
+        let out = args.run().unwrap();
+        assert!(out.contains("image: tenancy-fixer:1.0-test"), "{out}");
+        assert!(out.contains("failurePolicy: Fail"), "{out}");
+        assert!(!out.contains("caBundle: ''"), "{out}");
+
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let cli =
+            Cli::try_parse_from(["tenancy-fixer", "manifests", "--ca-bundle", not_pem.to_str().unwrap()]).unwrap();
+        let Command::Manifests(args) = cli.command else { panic!("not manifests") };
+        let error = args.run().unwrap_err();
+        assert_eq!(error.exit_code(), 1);
+        assert!(error.to_string().contains("not a PEM certificate bundle"), "{error}");
+
+        let conflicting = ["tenancy-fixer", "manifests", "--cert-manager", "--ca-bundle", "ca.crt"];
+        assert!(Cli::try_parse_from(conflicting).is_err(), "cert-manager injects the CA itself");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

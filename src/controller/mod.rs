@@ -20,7 +20,7 @@ mod plan;
 mod reconcile;
 mod stats;
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{collections::BTreeSet, future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -75,6 +75,14 @@ pub enum Error {
     LeaderElection(#[source] kube_lease_manager::LeaseManagerError),
     #[error("the lease manager stopped")]
     LeaseManagerStopped,
+    #[error("cannot list profiles: {0}")]
+    ReleaseFinalizers(#[source] kube::Error),
+    #[error("cannot remove the finalizer of profile {name}: {source}")]
+    ReleaseFinalizer {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     /// Wraps our own errors from keep/cleanup, and failures to add or remove the finalizer.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -218,14 +226,31 @@ pub struct LeaderElection {
 /// [`run`] gated by a Lease: only the holder runs the controller, the others wait; a holder
 /// that loses the lease stops its controller (its reconciles in flight are aborted) and waits to
 /// win it again. Returns when the controller's stream ends, or with an error when the lease
-/// manager fails. Dropping the future releases the lease (from the manager's own task).
+/// manager fails. Dropping the future releases the lease (from the manager's own task);
+/// [`run_leader_elected_until`] releases it before returning.
 ///
-/// Needs RBAC on `leases` in `election.namespace`: get, create, patch (and delete).
+/// Needs RBAC on `leases` in `election.namespace`: get, create, patch.
 pub async fn run_leader_elected(
     client: Client,
     config: Arc<Config>,
     stats: Arc<Stats>,
     election: LeaderElection,
+) -> Result<()> {
+    run_leader_elected_until(client, config, stats, election, std::future::pending()).await
+}
+
+/// Bound of the wait for the lease's release at shutdown.
+pub const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`run_leader_elected`] until `shutdown` completes: then the controller stops, the lease is
+/// released (waited for at most [`LEASE_RELEASE_TIMEOUT`]) and this returns `Ok`, so another
+/// replica takes over at once instead of after the lease expires (a rolling update).
+pub async fn run_leader_elected_until(
+    client: Client,
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    election: LeaderElection,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let LeaderElection { namespace, lease_name, identity } = election;
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
@@ -235,11 +260,20 @@ pub async fn run_leader_elected(
         .await
         .map_err(Error::LeaderElection)?;
     let (mut leading, mut lease_task) = manager.watch().await;
+    tokio::pin!(shutdown);
     loop {
         // Wait to hold the lease; a closed channel means the manager's task ended.
         while !*leading.borrow_and_update() {
-            if leading.changed().await.is_err() {
-                return Err(lease_task_failure(&mut lease_task).await);
+            tokio::select! {
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return Err(lease_task_failure(&mut lease_task).await);
+                    }
+                }
+                () = &mut shutdown => {
+                    drop(leading);
+                    return release_lease(lease_task, &namespace, &lease_name, &identity).await;
+                }
             }
         }
         info!(namespace, lease_name, identity, "lease acquired: running the profile controller");
@@ -262,8 +296,34 @@ pub async fn run_leader_elected(
                     return Err(lease_task_failure(&mut lease_task).await);
                 }
             }
+            () = &mut shutdown => {
+                info!(namespace, lease_name, identity, "shutting down: profile controller stopped");
+                drop(leading);
+                return release_lease(lease_task, &namespace, &lease_name, &identity).await;
+            }
         }
     }
+}
+
+/// Waits (bounded) for the lease manager, whose channel was closed, to release the lease.
+/// A failed or late release is logged only: the lease then expires on its own.
+async fn release_lease(
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+    namespace: &str,
+    lease_name: &str,
+    identity: &str,
+) -> Result<()> {
+    match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, task).await {
+        Ok(Ok(Ok(_))) => info!(namespace, lease_name, identity, "lease released"),
+        Ok(Ok(Err(error))) => {
+            warn!(namespace, lease_name, identity, %error, "cannot release the lease; it expires on its own")
+        }
+        Ok(Err(error)) => {
+            warn!(namespace, lease_name, identity, %error, "lease manager task failed; the lease expires on its own")
+        }
+        Err(_) => warn!(namespace, lease_name, identity, "lease not released in time; it expires on its own"),
+    }
+    Ok(())
 }
 
 async fn lease_task_failure(
@@ -273,6 +333,36 @@ async fn lease_task_failure(
         Ok(Err(error)) => Error::LeaderElection(error),
         Ok(Ok(_)) | Err(_) => Error::LeaseManagerStopped,
     }
+}
+
+/// Removes our [`FINALIZER`] from every Profile that carries it (uninstall: run it once the
+/// controller is stopped, or the controller adds it again). Returns the released profiles'
+/// names. Each removal is a JSON patch that first tests the entry, so a concurrent change to
+/// the finalizer list fails that profile instead of removing someone else's entry.
+///
+/// Needs RBAC on `profiles`: list, patch.
+pub async fn release_finalizers(client: &Client) -> Result<Vec<String>> {
+    let profiles: Api<Profile> = Api::all(client.clone());
+    let list = profiles.list(&Default::default()).await.map_err(Error::ReleaseFinalizers)?;
+    let mut released = Vec::new();
+    for profile in list {
+        let Some(index) = profile.finalizers().iter().position(|f| f == FINALIZER) else { continue };
+        let name = profile.name_any();
+        let path = json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "finalizers", &index.to_string()]);
+        let patch = json_patch::Patch(vec![
+            json_patch::PatchOperation::Test(json_patch::TestOperation { path: path.clone(), value: FINALIZER.into() }),
+            json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
+        ]);
+        match profiles.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Json::<()>(patch)).await {
+            Ok(_) => {
+                info!(profile = %name, "finalizer released");
+                released.push(name);
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => debug!(profile = %name, "profile gone"),
+            Err(source) => return Err(Error::ReleaseFinalizer { name, source }),
+        }
+    }
+    Ok(released)
 }
 
 /// A namespace event concerns the profile of the same name; the Kubeflow namespace concerns

@@ -1,0 +1,250 @@
+//! The install manifests (`tenancy-fixer manifests`) against a real API server: every object is
+//! accepted, the Deployment's pod meets the namespace's `restricted` Pod Security level, and the
+//! ClusterRole, Role and bindings are enough for the controller. The controller runs in-process
+//! leader-elected, as the install's ServiceAccount (the admin client impersonating it), through
+//! every mode: each managed kind is watched, applied and deleted, the Profile's finalizer added
+//! and released, the Lease created, held, released and taken over. Then `serve --leader-elect`
+//! takes the Lease and releases it on SIGTERM. Last, `release-finalizers` (uninstall) frees a
+//! Profile while the controller is stopped.
+
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Pod, Secret},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, DynamicObject, ListParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::{scenario::*, *};
+use tenancy_fixer::{
+    config::{Config, Settings},
+    controller::{self, FINALIZER, LeaderElection, Stats},
+    istio::ManagedKind,
+    manifests::{self, Install, NAME, NAMESPACE},
+    model::Profile,
+};
+use tokio::{sync::Notify, task::JoinHandle};
+
+/// The documents of a YAML stream, as JSON values.
+fn documents(stream: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(stream)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// Server-side dry run: validated and admitted, not stored.
+async fn dry_run_create(client: &Client, namespace: Option<&str>, manifest: &Value) {
+    let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
+    let params = PostParams { dry_run: true, ..PostParams::default() };
+    api_for(client, namespace, manifest)
+        .await
+        .create(&params, &object)
+        .await
+        .unwrap_or_else(|e| panic!("dry-run create {} {}: {e}", manifest["kind"], manifest["metadata"]["name"]));
+}
+
+/// A client acting as the install's ServiceAccount.
+async fn service_account_client(plane: &ControlPlane) -> Client {
+    let kubeconfig = Kubeconfig::read_from(plane.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{NAMESPACE}:{NAME}"));
+    Client::try_from(config).unwrap()
+}
+
+/// A leader-elected controller replica, stopped (lease released) by [`Replica::stop`].
+struct Replica {
+    halt: Arc<Notify>,
+    task: JoinHandle<controller::Result<()>>,
+}
+
+impl Replica {
+    async fn start(client: &Client, settings: &str, identity: &str) -> (Replica, Config) {
+        // Discovery as the ServiceAccount, too.
+        let caps = controller::discover(client).await.expect("discovery as the ServiceAccount");
+        let config = Settings::from_yaml(settings, "test").unwrap().resolve(&caps);
+        let halt = Arc::new(Notify::new());
+        let halted = {
+            let halt = halt.clone();
+            async move { halt.notified().await }
+        };
+        let election =
+            LeaderElection { namespace: NAMESPACE.into(), lease_name: NAME.into(), identity: identity.into() };
+        let task = tokio::spawn(controller::run_leader_elected_until(
+            client.clone(),
+            Arc::new(config.clone()),
+            Arc::new(Stats::default()),
+            election,
+            halted,
+        ));
+        (Replica { halt, task }, config)
+    }
+
+    async fn stop(self) {
+        self.halt.notify_one();
+        let ended = tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("replica stops");
+        ended.unwrap().expect("replica ends without error");
+    }
+}
+
+async fn lease_holder(admin: &Client) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(admin.clone(), NAMESPACE).get_opt(NAME).await.ok()??;
+    lease.spec?.holder_identity
+}
+
+async fn wait_for_holder(admin: &Client, holder: Option<&str>) {
+    let what = format!("lease holder {holder:?}");
+    eventually(&what, || async { (lease_holder(admin).await.as_deref() == holder).then_some(()) }).await;
+}
+
+async fn has_finalizer(admin: &Client, profile: &str) -> bool {
+    let profile = Api::<Profile>::all(admin.clone()).get(profile).await.unwrap();
+    profile.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+async fn kinds_gone(admin: &Client, kinds: &[ManagedKind], profile: &str, config: &Config) {
+    for kind in kinds {
+        let api = managed_api(admin, *kind, profile, config);
+        gone(&api, &kind.object_name(profile, config), &format!("{kind:?} of {profile} removed")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_rbac_is_enough_for_the_leader_elected_controller() {
+    // Every CRD, the legacy rbac.istio.io ones included, so that all four managed kinds are served.
+    let plane = control_plane(ALL_CRDS);
+    let admin = plane.client().await;
+
+    // The whole install: RBAC, namespace, ServiceAccount and ConfigMap for real; what needs a
+    // kubelet or would call a webhook that cannot run here, as a server-side dry run.
+    let install = manifests::install_manifests(&Install::default()).unwrap();
+    let docs = documents(&install);
+    for doc in &docs {
+        let namespace = doc["metadata"]["namespace"].as_str();
+        match doc["kind"].as_str().unwrap() {
+            "Service" | "Deployment" | "MutatingWebhookConfiguration" => {
+                dry_run_create(&admin, namespace, doc).await
+            }
+            _ => {
+                create(&admin, namespace, doc).await;
+            }
+        }
+    }
+    // The namespace enforces the restricted Pod Security level: the Deployment's pod meets it.
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "tenancy-fixer-pss-probe", "labels": deployment["spec"]["template"]["metadata"]["labels"]},
+        "spec": deployment["spec"]["template"]["spec"],
+    });
+    dry_run_create(&admin, Some(NAMESPACE), &pod).await;
+
+    let sa = service_account_client(plane).await;
+    // Really restricted: no Secrets, no Pods, no Leases other than ours.
+    let denied = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(denied(Api::<Secret>::all(sa.clone()).list(&ListParams::default()).await.map(|_| ())));
+    assert!(denied(Api::<Pod>::namespaced(sa.clone(), "default").list(&ListParams::default()).await.map(|_| ())));
+    assert!(denied(Api::<Lease>::namespaced(sa.clone(), NAMESPACE).get("someone-else").await.map(|_| ())));
+
+    ensure_namespace(&admin, "kubeflow").await;
+    for name in ["rbac-alice", "rbac-bob"] {
+        ensure_namespace(&admin, name).await;
+        create(&admin, None, &profile_manifest(name, &format!("{name}@example.com"))).await;
+    }
+
+    // Token mode: the PodDefault is applied, the finalizer added, the Lease created and held.
+    let (replica, config) = Replica::start(&sa, "kfpAccess: token\n", "replica-a").await;
+    wait_for_holder(&admin, Some("replica-a")).await;
+    converged(&admin, "rbac-alice", &config).await;
+    converged(&admin, "rbac-bob", &config).await;
+    assert!(has_finalizer(&admin, "rbac-alice").await);
+    replica.stop().await;
+    wait_for_holder(&admin, None).await;
+
+    // Header mode, AuthorizationPolicy: another replica takes the released lease at once; the
+    // other mode's PodDefault is deleted.
+    let settings = "kfpAccess: header\nistioRbac: authorization-policy\n";
+    let (replica, config) = Replica::start(&sa, settings, "replica-b").await;
+    wait_for_holder(&admin, Some("replica-b")).await;
+    converged(&admin, "rbac-alice", &config).await;
+    kinds_gone(&admin, &[ManagedKind::PodDefault], "rbac-alice", &config).await;
+    replica.stop().await;
+
+    // Header mode, legacy ServiceRoleBinding; then the profile goes: everything is removed and
+    // the finalizer released.
+    let settings = "kfpAccess: header\nistioRbac: service-role-binding\n";
+    let (replica, config) = Replica::start(&sa, settings, "replica-a").await;
+    converged(&admin, "rbac-alice", &config).await;
+    converged(&admin, "rbac-bob", &config).await;
+    kinds_gone(&admin, &[ManagedKind::AuthorizationPolicy], "rbac-alice", &config).await;
+    let profiles = api_for(&admin, None, &profile_manifest("x", "")).await;
+    profiles.delete("rbac-alice", &DeleteParams::default()).await.unwrap();
+    kinds_gone(&admin, &ManagedKind::wanted(&config), "rbac-alice", &config).await;
+    gone(&profiles, "rbac-alice", "rbac-alice released and deleted").await;
+    replica.stop().await;
+    wait_for_holder(&admin, None).await;
+
+    // `serve --leader-elect` (as the Deployment runs it) takes the lease, and releases it when
+    // stopped (SIGTERM from the wrapper shell when its stdin closes).
+    let tls = webhook_tls(&tempdir("tls"));
+    let config_file = tempdir("serve").join("config.yaml");
+    std::fs::write(&config_file, "").unwrap();
+    let script = r#""$@" & pid=$!; cat >/dev/null; kill -TERM $pid; wait $pid"#;
+    let mut serve = Command::new("/bin/sh")
+        .args(["-c", script, "sh", env!("CARGO_BIN_EXE_tenancy-fixer"), "serve", "--leader-elect"])
+        .arg("--config")
+        .arg(&config_file)
+        .arg(format!("--listen=127.0.0.1:{}", free_port()))
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_NAME", "tenancy-fixer-serve-0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = serve.stderr.take().unwrap();
+    tenancy_fixer::local::wait_for_line(stderr, "lease acquired", TIMEOUT).expect("serve took the lease");
+    wait_for_holder(&admin, Some("tenancy-fixer-serve-0")).await;
+    converged(&admin, "rbac-bob", &config).await;
+    drop(serve.stdin.take());
+    let status = tokio::task::spawn_blocking(move || serve.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "serve stopped cleanly: {status}");
+    assert_eq!(lease_holder(&admin).await, None, "released before exiting");
+
+    // Uninstall: with the controller stopped, `release-finalizers` frees the remaining profile,
+    // which then goes at once; the garbage collector takes what we made for it.
+    assert!(has_finalizer(&admin, "rbac-bob").await);
+    let out = Command::new(env!("CARGO_BIN_EXE_tenancy-fixer"))
+        .arg("release-finalizers")
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "release-finalizers: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("profile/rbac-bob: finalizer {FINALIZER} removed\n"));
+    assert!(!has_finalizer(&admin, "rbac-bob").await);
+    profiles.delete("rbac-bob", &DeleteParams::default()).await.unwrap();
+    gone(&profiles, "rbac-bob", "rbac-bob deleted without the controller").await;
+    kinds_gone(&admin, &ManagedKind::wanted(&config), "rbac-bob", &config).await;
+}
