@@ -165,20 +165,71 @@ fn optional<T: Serialize + PartialEq>(path: &str, before: &Option<T>, after: &Op
     }
 }
 
+/// A list member at `path`: elements appended at the end become `add` operations of those
+/// elements only (how the rules change lists); any other change is diffed as text.
+fn list<T: Serialize + PartialEq>(path: &str, before: &[T], after: &[T], ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
+    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+    if before == after {
+        return Ok(());
+    }
+    if after.len() > before.len() && after[..before.len()] == *before {
+        for (i, item) in after.iter().enumerate().skip(before.len()) {
+            let path = PointerBuf::parse(format!("{path}/{i}")).map_err(|_| Fallback)?;
+            let value = serde_json::to_value(item).map_err(|_| Fallback)?;
+            ops.push(PatchOperation::Add(AddOperation { path, value }));
+        }
+        return Ok(());
+    }
+    section(path, &before, &after, ops)
+}
+
+/// An optional list member: [`list`] when present on both sides, else [`optional`].
+fn optional_list<T: Serialize + PartialEq>(
+    path: &str,
+    before: &Option<Vec<T>>,
+    after: &Option<Vec<T>>,
+    ops: &mut Vec<json_patch::PatchOperation>,
+) -> Result<(), Fallback> {
+    match (before, after) {
+        (Some(b), Some(a)) => list(path, b, a, ops),
+        _ => optional(path, before, after, ops),
+    }
+}
+
+/// One container, member by member. The destructuring lists every member of the view: one
+/// added to it later does not compile until it is handled here.
+fn container(path: &str, b: &crate::model::Container, a: &crate::model::Container, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
+    let crate::model::Container { name, command: _, args: _, env: _, volume_mounts: _, termination_message_path: _ } = b;
+    if b == a {
+        return Ok(());
+    }
+    if *name != a.name {
+        return section(path, b, a, ops);
+    }
+    optional_list(&format!("{path}/command"), &b.command, &a.command, ops)?;
+    optional_list(&format!("{path}/args"), &b.args, &a.args, ops)?;
+    optional_list(&format!("{path}/env"), &b.env, &a.env, ops)?;
+    optional_list(&format!("{path}/volumeMounts"), &b.volume_mounts, &a.volume_mounts, ops)?;
+    optional(&format!("{path}/terminationMessagePath"), &b.termination_message_path, &a.termination_message_path, ops)
+}
+
 impl Changes for Pod {
     fn changes(before: &Self, after: &Self, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
+        // Every member of the views is handled: one added later does not compile until it is.
+        let Pod { metadata: _, spec: _ } = before;
         section("/metadata", &before.metadata, &after.metadata, ops)?;
         match (&before.spec, &after.spec) {
             (Some(b), Some(a)) if b != a => {
+                let crate::model::PodSpec { containers: _, init_containers: _, volumes: _, service_account_name: _ } = b;
                 if b.containers.len() == a.containers.len() {
                     for (i, (bc, ac)) in b.containers.iter().zip(&a.containers).enumerate() {
-                        section(&format!("/spec/containers/{i}"), bc, ac, ops)?;
+                        container(&format!("/spec/containers/{i}"), bc, ac, ops)?;
                     }
                 } else {
                     section("/spec/containers", &b.containers, &a.containers, ops)?;
                 }
                 optional("/spec/initContainers", &b.init_containers, &a.init_containers, ops)?;
-                optional("/spec/volumes", &b.volumes, &a.volumes, ops)?;
+                optional_list("/spec/volumes", &b.volumes, &a.volumes, ops)?;
                 optional("/spec/serviceAccountName", &b.service_account_name, &a.service_account_name, ops)
             }
             (b, a) => optional("/spec", b, a, ops),
