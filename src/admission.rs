@@ -5,8 +5,6 @@
 //! the reason is logged: a workload is never blocked or mangled because of us. Only a body that
 //! is not an AdmissionReview at all is an error (the server answers it with HTTP 400).
 
-mod json;
-
 use std::borrow::Cow;
 
 use base64::Engine;
@@ -100,7 +98,7 @@ fn run<T>(
     rule: impl Fn(&T, &str, &Config) -> Decision<T>,
 ) -> Result<Mutation>
 where
-    T: for<'de> Deserialize<'de> + Serialize + Changes,
+    T: for<'de> Deserialize<'de> + Serialize,
 {
     let parsed: T = serde_json::from_str(object)
         .map_err(|source| AdmissionError::Object { kind: target.name(), source })?;
@@ -110,136 +108,12 @@ where
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
     } else {
-        let mut ops = Vec::new();
-        match T::changes(&parsed, &changed, &mut ops) {
-            Ok(()) => json_patch::Patch(ops),
-            // Not reached (serde_json writes JSON); the slow diff decides if it ever is.
-            Err(Fallback) => {
-                let before = serde_json::to_value(&parsed).map_err(AdmissionError::Serialize)?;
-                let after = serde_json::to_value(&changed).map_err(AdmissionError::Serialize)?;
-                json_patch::diff(&before, &after)
-            }
-        }
+        let before = serde_json::to_value(&parsed).map_err(AdmissionError::Serialize)?;
+        let after = serde_json::to_value(&changed).map_err(AdmissionError::Serialize)?;
+        json_patch::diff(&before, &after)
     };
     Ok(Mutation { patch, name: meta(&parsed).display_name().to_string(), applied, skipped })
 }
-
-/// The fast diff could not decide: use `json_patch::diff` on whole `Value`s.
-struct Fallback;
-
-/// A JSON Patch from a view to its changed copy, computed only over the parts that differ
-/// (compared typed first, then as serialized text by [`json::diff_into`]): a notebook's 40
-/// unchanged env vars are not serialized nor looked at.
-trait Changes: Serialize + PartialEq + Sized {
-    fn changes(before: &Self, after: &Self, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
-        section("", before, after, ops)
-    }
-}
-
-/// Appends the diff of one part of a view, at JSON pointer `path`.
-fn section<T: Serialize + PartialEq>(path: &str, before: &T, after: &T, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
-    if before == after {
-        return Ok(());
-    }
-    let before = serde_json::to_vec(before).map_err(|_| Fallback)?;
-    let after = serde_json::to_vec(after).map_err(|_| Fallback)?;
-    json::diff_into(path, &before, &after, ops).ok_or(Fallback)
-}
-
-/// An optional member of an object at `path`: added, removed or diffed.
-fn optional<T: Serialize + PartialEq>(path: &str, before: &Option<T>, after: &Option<T>, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
-    use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
-    let pointer = || PointerBuf::parse(path.to_string()).map_err(|_| Fallback);
-    match (before, after) {
-        (Some(b), Some(a)) => section(path, b, a, ops),
-        (None, None) => Ok(()),
-        (None, Some(a)) => {
-            let value = serde_json::to_value(a).map_err(|_| Fallback)?;
-            ops.push(PatchOperation::Add(AddOperation { path: pointer()?, value }));
-            Ok(())
-        }
-        (Some(_), None) => {
-            ops.push(PatchOperation::Remove(RemoveOperation { path: pointer()? }));
-            Ok(())
-        }
-    }
-}
-
-/// A list member at `path`: elements appended at the end become `add` operations of those
-/// elements only (how the rules change lists); any other change is diffed as text.
-fn list<T: Serialize + PartialEq>(path: &str, before: &[T], after: &[T], ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
-    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
-    if before == after {
-        return Ok(());
-    }
-    if after.len() > before.len() && after[..before.len()] == *before {
-        for (i, item) in after.iter().enumerate().skip(before.len()) {
-            let path = PointerBuf::parse(format!("{path}/{i}")).map_err(|_| Fallback)?;
-            let value = serde_json::to_value(item).map_err(|_| Fallback)?;
-            ops.push(PatchOperation::Add(AddOperation { path, value }));
-        }
-        return Ok(());
-    }
-    section(path, &before, &after, ops)
-}
-
-/// An optional list member: [`list`] when present on both sides, else [`optional`].
-fn optional_list<T: Serialize + PartialEq>(
-    path: &str,
-    before: &Option<Vec<T>>,
-    after: &Option<Vec<T>>,
-    ops: &mut Vec<json_patch::PatchOperation>,
-) -> Result<(), Fallback> {
-    match (before, after) {
-        (Some(b), Some(a)) => list(path, b, a, ops),
-        _ => optional(path, before, after, ops),
-    }
-}
-
-/// One container, member by member. The destructuring lists every member of the view: one
-/// added to it later does not compile until it is handled here.
-fn container(path: &str, b: &crate::model::Container, a: &crate::model::Container, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
-    let crate::model::Container { name, command: _, args: _, env: _, volume_mounts: _, termination_message_path: _ } = b;
-    if b == a {
-        return Ok(());
-    }
-    if *name != a.name {
-        return section(path, b, a, ops);
-    }
-    optional_list(&format!("{path}/command"), &b.command, &a.command, ops)?;
-    optional_list(&format!("{path}/args"), &b.args, &a.args, ops)?;
-    optional_list(&format!("{path}/env"), &b.env, &a.env, ops)?;
-    optional_list(&format!("{path}/volumeMounts"), &b.volume_mounts, &a.volume_mounts, ops)?;
-    optional(&format!("{path}/terminationMessagePath"), &b.termination_message_path, &a.termination_message_path, ops)
-}
-
-impl Changes for Pod {
-    fn changes(before: &Self, after: &Self, ops: &mut Vec<json_patch::PatchOperation>) -> Result<(), Fallback> {
-        // Every member of the views is handled: one added later does not compile until it is.
-        let Pod { metadata: _, spec: _ } = before;
-        section("/metadata", &before.metadata, &after.metadata, ops)?;
-        match (&before.spec, &after.spec) {
-            (Some(b), Some(a)) if b != a => {
-                let crate::model::PodSpec { containers: _, init_containers: _, volumes: _, service_account_name: _ } = b;
-                if b.containers.len() == a.containers.len() {
-                    for (i, (bc, ac)) in b.containers.iter().zip(&a.containers).enumerate() {
-                        container(&format!("/spec/containers/{i}"), bc, ac, ops)?;
-                    }
-                } else {
-                    section("/spec/containers", &b.containers, &a.containers, ops)?;
-                }
-                optional("/spec/initContainers", &b.init_containers, &a.init_containers, ops)?;
-                optional_list("/spec/volumes", &b.volumes, &a.volumes, ops)?;
-                optional("/spec/serviceAccountName", &b.service_account_name, &a.service_account_name, ops)
-            }
-            (b, a) => optional("/spec", b, a, ops),
-        }
-    }
-}
-
-impl Changes for Job {}
-
-impl Changes for Trial {}
 
 #[derive(Deserialize)]
 struct Review<'a> {
@@ -296,10 +170,7 @@ const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 /// Answers one AdmissionReview body with the response body. Errors only when the body is not
 /// an AdmissionReview with a request.
 pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
-    // Parse only what is read (see `json::prune_review`); anything unusual parses it all.
-    let pruned = json::prune_review(body);
-    let review: Review =
-        serde_json::from_slice(pruned.as_deref().unwrap_or(body)).map_err(AdmissionError::NotAReview)?;
+    let review: Review = serde_json::from_slice(body).map_err(AdmissionError::NotAReview)?;
     let request = review.request.ok_or(AdmissionError::NoRequest)?;
     let patch = decide(&request, config);
     let out = ReviewOut {
@@ -469,76 +340,6 @@ mod tests {
         assert!(matches!(review(b"{not json", &config), Err(AdmissionError::NotAReview(_))));
         assert!(matches!(review(b"{\"foo\": 1}", &config), Err(AdmissionError::NoRequest)));
         assert!(matches!(review(b"[1,2]", &config), Err(AdmissionError::NotAReview(_))));
-    }
-
-    /// The fast path (pruned parse, sectioned text diff) patches every fixture exactly as the
-    /// whole-body parse and `json_patch::diff` of whole views do, in both access modes.
-    #[test]
-    fn fast_path_agrees_with_the_whole_body_path() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut checked = 0;
-        for dir in ["tests/data", "bench/data"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
-            for entry in entries {
-                let path = entry.unwrap().path();
-                if path.extension().is_none_or(|e| e != "json") {
-                    continue;
-                }
-                let body = std::fs::read(&path).unwrap();
-                let Ok(full) = serde_json::from_slice::<Value>(&body) else { continue };
-                if full["kind"] != "AdmissionReview" {
-                    continue;
-                }
-                for mode in ["kfpAccess: token", "kfpAccess: header"] {
-                    let config = crate::config::Settings::from_yaml(mode, "t")
-                        .unwrap()
-                        .resolve(&crate::config::Capabilities::modern());
-                    let request = &full["request"];
-                    let object = request["object"].clone();
-                    let response: Value = serde_json::from_slice(&review(&body, &config).unwrap()).unwrap();
-                    let fast = match response["response"].get("patch") {
-                        Some(_) => patched(&response, object.clone()),
-                        None => object.clone(),
-                    };
-                    // The whole-body path: parse the object whole, diff whole views as Values.
-                    let kind = &request["kind"];
-                    let target = Target::of(
-                        kind["group"].as_str().unwrap_or(""),
-                        kind["version"].as_str().unwrap_or(""),
-                        kind["kind"].as_str().unwrap_or(""),
-                    );
-                    let slow = match target {
-                        Some(target) if request["operation"] == "CREATE" => {
-                            let namespace = request["namespace"].as_str();
-                            let text = object.to_string();
-                            let slow_patch = match target {
-                                Target::Pod => slow_diff::<Pod>(&text, namespace, &config, policy::mutate_pod),
-                                Target::Job => slow_diff::<Job>(&text, namespace, &config, policy::mutate_job),
-                                Target::Trial => slow_diff::<Trial>(&text, namespace, &config, policy::mutate_trial),
-                            };
-                            let mut slow = object.clone();
-                            json_patch::patch(&mut slow, &slow_patch).unwrap();
-                            slow
-                        }
-                        _ => object.clone(),
-                    };
-                    assert_eq!(fast, slow, "{} ({mode})", path.display());
-                    checked += 1;
-                }
-            }
-        }
-        assert!(checked >= 10, "only {checked} fixtures checked");
-    }
-
-    fn slow_diff<T: for<'de> Deserialize<'de> + Serialize>(
-        text: &str,
-        namespace: Option<&str>,
-        config: &Config,
-        rule: impl Fn(&T, &str, &Config) -> Decision<T>,
-    ) -> json_patch::Patch {
-        let parsed: T = serde_json::from_str(text).unwrap();
-        let decision = rule(&parsed, namespace.unwrap_or("default"), config);
-        json_patch::diff(&serde_json::to_value(&parsed).unwrap(), &serde_json::to_value(&decision.object).unwrap())
     }
 
     #[test]
