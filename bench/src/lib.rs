@@ -7,6 +7,8 @@ use serde::Serialize;
 
 /// The global allocator of `tenancy-fixer` (the reference webhook uses the same one, so the
 /// throughput ratio compares request handling, not allocators).
+/// (mimalloc was tried: ~14 % fewer instructions per review, but idle RSS 10 -> 22 MB and
+/// 36 MB under load, past the memory targets; see bench/README.md.)
 pub type Allocator = std::alloc::System;
 pub const ALLOCATOR: Allocator = std::alloc::System;
 
@@ -20,6 +22,38 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let hz = clock_ticks_per_second();
     Some(Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
+}
+
+/// CPU time all processes of the machine have used so far (busy = not idle, not iowait).
+pub fn machine_busy_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some(Duration::from_secs_f64((total - idle) as f64 / clock_ticks_per_second() as f64))
+}
+
+/// CPU used by everything else than `pids` between two readings: other tenants of the machine
+/// disturbing a measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuReading {
+    machine: Duration,
+    pids: Duration,
+}
+
+impl CpuReading {
+    pub fn now(pids: &[u32]) -> Self {
+        let pids_cpu = pids.iter().filter_map(|&p| process_cpu(p)).sum();
+        Self { machine: machine_busy_cpu().unwrap_or_default(), pids: pids_cpu }
+    }
+
+    /// CPU seconds used by other processes since `earlier`.
+    pub fn others_since(&self, earlier: &CpuReading) -> f64 {
+        let machine = self.machine.saturating_sub(earlier.machine).as_secs_f64();
+        let ours = self.pids.saturating_sub(earlier.pids).as_secs_f64();
+        (machine - ours).max(0.0)
+    }
 }
 
 fn clock_ticks_per_second() -> u64 {

@@ -1,10 +1,9 @@
-//! The minimal reference webhook: the same TLS and HTTP stack as `tenancy-fixer serve` (axum +
-//! axum-server with rustls/ring, certificate from PEM files, tokio multi-thread runtime with
-//! one worker per core, the same body limit), but it parses nothing: every POST gets a fixed
-//! "allowed" AdmissionReview. `webhook-load` reports the real webhook's throughput as a ratio
-//! of this one's, so the ratio measures our per-request work, not the transport.
-//!
-//! Keep its transport settings in step with `src/webhook/` (see bench/README.md).
+//! The minimal reference webhook: the same TLS and HTTP stack as `tenancy-fixer serve` (the
+//! same `webhook::https_server`: axum-server, rustls/ring, TCP_NODELAY and read buffer;
+//! certificate from PEM files; tokio multi-thread runtime with one worker per core; the same
+//! body limit; the same allocator), but it parses nothing: every POST gets a fixed "allowed"
+//! AdmissionReview. `webhook-load` reports the real webhook's throughput as a ratio of this
+//! one's, so the ratio measures our per-request work, not the transport.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -53,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls_cert, &args.tls_key).await?;
         let listener = std::net::TcpListener::bind(args.listen)?;
         let local = listener.local_addr()?;
-        let server = axum_server::from_tcp_rustls(listener, tls)?;
+        let server = tenancy_fixer::webhook::https_server(listener, tls)?;
         let mut router = Router::new();
         for path in tenancy_fixer::webhook::MUTATE_PATHS {
             router = router.route(path, post(mutate));

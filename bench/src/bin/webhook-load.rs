@@ -193,7 +193,6 @@ struct Server {
     pid: u32,
     addr: SocketAddr,
     startup: Duration,
-    log: PathBuf,
 }
 
 impl Drop for Server {
@@ -273,7 +272,7 @@ impl Setup {
             std::thread::sleep(Duration::from_micros(200));
         }
         let startup = started.elapsed();
-        Ok(Server { child, pid, addr, startup, log })
+        Ok(Server { child, pid, addr, startup })
     }
 }
 
@@ -363,6 +362,8 @@ struct Phase {
     reviews: u64,
     errors: u64,
     reviews_per_second: f64,
+    /// Open loop: reviews still queued 10 s after the end (the server could not keep up).
+    unfinished: u64,
     /// Open loop: the scheduled rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     target_rate: Option<f64>,
@@ -375,6 +376,11 @@ struct Phase {
     server_cpu_us_per_review: f64,
     server_cpu_cores: f64,
     server_rss_max_mb: f64,
+    /// Load generator CPU (this process), in cores.
+    client_cpu_cores: f64,
+    /// CPU used by other processes on the machine during the phase, in cores (should be ~0:
+    /// more means the figures were disturbed).
+    other_cpu_cores: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_error: Option<String>,
 }
@@ -509,10 +515,14 @@ async fn closed_loop(
         }));
     }
     tokio::time::sleep_until(window.start.into()).await;
-    let cpu0 = bench::process_cpu(pid).unwrap_or_default();
+    let me = std::process::id();
+    let (cpu0, own0, all0) =
+        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
     let sampler = Sampler::start(pid);
     tokio::time::sleep_until(window.end.into()).await;
-    let cpu1 = bench::process_cpu(pid).unwrap_or_default();
+    let (cpu1, own1, all1) =
+        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
+    let others = Others { client: own1.saturating_sub(own0), others: all1.others_since(&all0) };
     let rss_max = sampler.finish();
     let mut results = Vec::new();
     for t in tasks {
@@ -520,7 +530,7 @@ async fn closed_loop(
     }
     let (latency, errors, first_error) = merge(results);
     let label = workloads.iter().map(|w| w.name).collect::<Vec<_>>().join("+");
-    Ok(phase(name, "closed", label, connections, duration, latency, errors, first_error, None, None, cpu1 - cpu0, rss_max))
+    Ok(phase(name, "closed", label, connections, duration, latency, errors, first_error, None, None, cpu1 - cpu0, rss_max, others))
 }
 
 /// Fixed rate: a pacing thread releases one review every 1/rate s onto a queue that the
@@ -579,8 +589,7 @@ async fn open_loop(
             let mut result = TaskResult { latency: Some(bench::histogram()), ..Default::default() };
             while let Ok(scheduled) = rx.recv().await {
                 if Instant::now() > hard_end {
-                    result.error(anyhow!("server too slow: queue not drained 10 s after the end"));
-                    break;
+                    break; // overloaded: what is still queued is counted as unfinished
                 }
                 let outcome = client.review(&mut conn, &workload).await;
                 let done = Instant::now();
@@ -600,20 +609,25 @@ async fn open_loop(
             result
         }));
     }
-    drop(rx);
     tokio::time::sleep_until(window.start.into()).await;
-    let cpu0 = bench::process_cpu(pid).unwrap_or_default();
+    let me = std::process::id();
+    let (cpu0, own0, all0) =
+        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
     let sampler = Sampler::start(pid);
     tokio::time::sleep_until(window.end.into()).await;
-    let cpu1 = bench::process_cpu(pid).unwrap_or_default();
+    let (cpu1, own1, all1) =
+        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
+    let others = Others { client: own1.saturating_sub(own0), others: all1.others_since(&all0) };
     let rss_max = sampler.finish();
     let lateness = tokio::task::spawn_blocking(move || pacer.join()).await?.map_err(|_| anyhow!("pacer panicked"))?;
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
     }
+    let unfinished = rx.len() as u64;
+    drop(rx);
     let (latency, errors, first_error) = merge(results);
-    Ok(phase(
+    let mut p = phase(
         name,
         "open",
         workload.name.to_string(),
@@ -626,7 +640,16 @@ async fn open_loop(
         Some(Latency::of(&lateness)),
         cpu1 - cpu0,
         rss_max,
-    ))
+        others,
+    );
+    p.unfinished = unfinished;
+    Ok(p)
+}
+
+/// CPU used during a phase besides the server's.
+struct Others {
+    client: Duration,
+    others: f64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -643,6 +666,7 @@ fn phase(
     pacer_lateness: Option<Latency>,
     cpu: Duration,
     rss_max: u64,
+    others: Others,
 ) -> Phase {
     let seconds = duration.as_secs_f64();
     let reviews = latency.len();
@@ -655,6 +679,7 @@ fn phase(
         reviews,
         errors,
         reviews_per_second: reviews as f64 / seconds,
+        unfinished: 0,
         target_rate,
         latency: Latency::of(&latency),
         pacer_lateness,
@@ -662,6 +687,8 @@ fn phase(
         server_cpu_us_per_review: if reviews > 0 { cpu.as_secs_f64() * 1e6 / reviews as f64 } else { 0.0 },
         server_cpu_cores: cpu.as_secs_f64() / seconds,
         server_rss_max_mb: bench::mb(rss_max),
+        client_cpu_cores: others.client.as_secs_f64() / seconds,
+        other_cpu_cores: others.others / seconds,
         first_error,
     }
 }
@@ -751,10 +778,13 @@ async fn run_server(args: &Args, setup: &Setup, workloads: &Workloads, flavour: 
     let mut phases = Vec::new();
     let mut report = |p: Phase| {
         eprintln!(
-            "   {:<28} {:>9.0} reviews/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  cpu {:>5.1} µs/review ({:.2} cores)  rss {:.1} MB  errors {}",
+            "   {:<28} {:>9.0} reviews/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  cpu {:>5.1} µs/review ({:.2} cores)  rss {:.1} MB  client {:.2} others {:.2} cores  errors {}",
             p.name, p.reviews_per_second, p.latency.p50_us, p.latency.p99_us, p.latency.p999_us,
-            p.server_cpu_us_per_review, p.server_cpu_cores, p.server_rss_max_mb, p.errors
+            p.server_cpu_us_per_review, p.server_cpu_cores, p.server_rss_max_mb, p.client_cpu_cores, p.other_cpu_cores, p.errors
         );
+        if p.unfinished > 0 {
+            eprintln!("      overloaded: {} scheduled reviews still queued 10 s after the end", p.unfinished);
+        }
         if let Some(e) = &p.first_error {
             eprintln!("      first error: {e}");
         }
@@ -871,15 +901,15 @@ fn print_report(report: &Report) {
         report.connections, report.duration_s, report.warmup_s, report.client_threads, report.machine.cpu_model, report.machine.cpus
     );
     println!(
-        "{:<30} {:<30} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}",
-        "server", "phase", "reviews/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "cpu µs", "cores", "errors"
+        "{:<30} {:<30} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "server", "phase", "reviews/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "cpu µs", "cores", "client", "others", "errors"
     );
     for s in &report.servers {
         for p in &s.phases {
             println!(
-                "{:<30} {:<30} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>8.1} {:>8.2} {:>7}",
+                "{:<30} {:<30} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>8.1} {:>8.2} {:>7.2} {:>7.2} {:>7}",
                 s.server, p.name, p.reviews_per_second, p.latency.p50_us, p.latency.p99_us, p.latency.p999_us,
-                p.latency.max_us, p.server_cpu_us_per_review, p.server_cpu_cores, p.errors
+                p.latency.max_us, p.server_cpu_us_per_review, p.server_cpu_cores, p.client_cpu_cores, p.other_cpu_cores, p.errors
             );
         }
     }
