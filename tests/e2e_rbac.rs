@@ -10,7 +10,7 @@
 mod support;
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -201,33 +201,18 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     // `serve --leader-elect` (as the Deployment runs it) takes the lease, and releases it when
     // stopped (SIGTERM from the wrapper shell when its stdin closes).
     let tls = webhook_tls(&tempdir("tls"));
-    let config_file = tempdir("serve").join("config.yaml");
-    std::fs::write(&config_file, "").unwrap();
-    let script = r#""$@" & pid=$!; cat >/dev/null; kill -TERM $pid; wait $pid"#;
-    let mut serve = Command::new("/bin/sh")
-        .args(["-c", script, "sh", env!("CARGO_BIN_EXE_tenancy-fixer"), "serve", "--leader-elect"])
-        .arg("--config")
-        .arg(&config_file)
-        .arg(format!("--listen=127.0.0.1:{}", free_port()))
-        .arg("--tls-cert")
-        .arg(&tls.cert)
-        .arg("--tls-key")
-        .arg(&tls.key)
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig())
-        .env("POD_NAMESPACE", NAMESPACE)
-        .env("POD_NAME", "tenancy-fixer-serve-0")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = serve.stderr.take().unwrap();
-    tenancy_fixer::local::wait_for_line(stderr, "lease acquired", TIMEOUT).expect("serve took the lease");
+    let serve = Serve::start_with(
+        plane,
+        "",
+        &tls,
+        0,
+        &["--leader-elect"],
+        &[("POD_NAMESPACE", NAMESPACE), ("POD_NAME", "tenancy-fixer-serve-0")],
+        "lease acquired",
+    );
     wait_for_holder(&admin, Some("tenancy-fixer-serve-0")).await;
     converged(&admin, "rbac-bob", &config).await;
-    drop(serve.stdin.take());
-    let status = tokio::task::spawn_blocking(move || serve.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || serve.stop()).await.unwrap();
     assert!(status.success(), "serve stopped cleanly: {status}");
     assert_eq!(lease_holder(&admin).await, None, "released before exiting");
 

@@ -106,10 +106,25 @@ pub struct Serve {
 impl Serve {
     /// Starts `serve` against the control plane with `settings_yaml`, on `port` (0 = free).
     pub fn start(plane: &ControlPlane, settings_yaml: &str, tls: &WebhookTls, port: u16) -> Serve {
+        Self::start_with(plane, settings_yaml, tls, port, &[], &[], "listening on https://")
+    }
+
+    /// Like [`Serve::start`], with extra flags and environment, ready once a log line contains
+    /// `ready_marker`.
+    pub fn start_with(
+        plane: &ControlPlane,
+        settings_yaml: &str,
+        tls: &WebhookTls,
+        port: u16,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        ready_marker: &str,
+    ) -> Serve {
         let port = if port == 0 { free_port() } else { port };
         let config_file = tempdir("serve").join("config.yaml");
         std::fs::write(&config_file, settings_yaml).unwrap();
-        // `sh` holds the server and kills it when our end of its stdin closes (test exit).
+        // `sh` holds the server and stops it (SIGTERM) when our end of its stdin closes (test
+        // exit); its exit status is the server's.
         let script = r#""$@" & pid=$!; trap 'kill $pid 2>/dev/null; wait $pid; exit' TERM INT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
@@ -127,14 +142,16 @@ impl Serve {
             .arg(&tls.key)
             .arg("--kubeconfig")
             .arg(plane.kubeconfig())
+            .args(extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tenancy-fixer serve");
-        wait_for_line(child.stderr.take().unwrap(), "listening on https://", TIMEOUT)
-            .expect("serve did not start");
+        wait_for_line(child.stderr.take().unwrap(), ready_marker, TIMEOUT)
+            .unwrap_or_else(|| panic!("serve did not log {ready_marker:?}"));
         let stdin = child.stdin.take();
         Serve { port, config_file, child, stdin }
     }
@@ -143,20 +160,20 @@ impl Serve {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server and waits for it.
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Stops the server and waits for it; its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.shutdown().expect("wait for serve")
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self) -> std::io::Result<std::process::ExitStatus> {
         drop(self.stdin.take());
-        let _ = self.child.wait();
+        self.child.wait()
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }
 
