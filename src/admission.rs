@@ -102,17 +102,63 @@ where
 {
     let parsed: T = serde_json::from_str(object)
         .map_err(|source| AdmissionError::Object { kind: target.name(), source })?;
+    apply(&parsed, namespace, config, meta, rule)
+}
+
+/// The rules on a parsed view, and the patch (`json_patch::diff` of the views) when one applied.
+fn apply<T: Serialize>(
+    parsed: &T,
+    namespace: Option<&str>,
+    config: &Config,
+    meta: impl Fn(&T) -> &ObjectMeta,
+    rule: impl Fn(&T, &str, &Config) -> Decision<T>,
+) -> Result<Mutation> {
     // The request names the namespace; a pod from a generateName may not carry it yet.
-    let namespace = namespace.or(meta(&parsed).namespace.as_deref()).unwrap_or("default");
-    let Decision { object: changed, applied, skipped } = rule(&parsed, namespace, config);
+    let namespace = namespace.or(meta(parsed).namespace.as_deref()).unwrap_or("default");
+    let Decision { object: changed, applied, skipped } = rule(parsed, namespace, config);
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
     } else {
-        let before = serde_json::to_value(&parsed).map_err(AdmissionError::Serialize)?;
+        let before = serde_json::to_value(parsed).map_err(AdmissionError::Serialize)?;
         let after = serde_json::to_value(&changed).map_err(AdmissionError::Serialize)?;
         json_patch::diff(&before, &after)
     };
-    Ok(Mutation { patch, name: meta(&parsed).display_name().to_string(), applied, skipped })
+    Ok(Mutation { patch, name: meta(parsed).display_name().to_string(), applied, skipped })
+}
+
+/// A view parsed in the same pass as the review (see [`Request`]).
+enum Parsed {
+    Pod(Pod),
+    Job(Job),
+    Trial(Trial),
+}
+
+impl Parsed {
+    fn target(&self) -> Target {
+        match self {
+            Parsed::Pod(_) => Target::Pod,
+            Parsed::Job(_) => Target::Job,
+            Parsed::Trial(_) => Target::Trial,
+        }
+    }
+
+    fn mutate(&self, namespace: Option<&str>, config: &Config) -> Result<Mutation> {
+        match self {
+            Parsed::Pod(o) => apply(o, namespace, config, |o: &Pod| &o.metadata, policy::mutate_pod),
+            Parsed::Job(o) => apply(o, namespace, config, |o: &Job| &o.metadata, policy::mutate_job),
+            Parsed::Trial(o) => apply(o, namespace, config, |o: &Trial| &o.metadata, policy::mutate_trial),
+        }
+    }
+}
+
+/// The request's object, as far as the single pass over the review got with it.
+enum Object<'a> {
+    /// Parsed straight into its view: the kind came first (as the API server sends it).
+    Parsed(Parsed),
+    /// Came before the kind: kept as text and parsed once the kind is known.
+    Raw(&'a RawValue),
+    /// Not read: a kind we do not handle, or not a CREATE.
+    Skipped,
 }
 
 #[derive(Deserialize)]
@@ -123,9 +169,85 @@ struct Review<'a> {
     request: Option<Request<'a>>,
 }
 
+/// The request, parsed in one pass with its object: when the `object` member comes, the kind
+/// (and usually the operation) are known already, so the object is deserialized straight into
+/// its typed view, or skipped when it will not be read. Any error (an object that is not the
+/// view, duplicate members...) makes [`review`] parse the body again the general way, which
+/// answers it exactly as before.
+struct Request<'a> {
+    uid: Cow<'a, str>,
+    kind: Kind<'a>,
+    namespace: Option<Cow<'a, str>>,
+    operation: Option<Cow<'a, str>>,
+    object: Option<Object<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Request<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor)
+    }
+}
+
+struct RequestVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RequestVisitor {
+    type Value = Request<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an admission request")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Request<'de>, A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        fn once<T, E: Error>(slot: &mut Option<T>, value: T, name: &'static str) -> std::result::Result<(), E> {
+            match slot.replace(value) {
+                Some(_) => Err(E::duplicate_field(name)),
+                None => Ok(()),
+            }
+        }
+        let (mut uid, mut kind, mut namespace, mut operation, mut object) = (None, None, None, None, None);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "uid" => once(&mut uid, map.next_value()?, "uid")?,
+                "kind" => once(&mut kind, map.next_value::<Kind<'de>>()?, "kind")?,
+                "namespace" => once(&mut namespace, map.next_value::<Option<Cow<'de, str>>>()?, "namespace")?,
+                "operation" => once(&mut operation, map.next_value::<Option<Cow<'de, str>>>()?, "operation")?,
+                "object" => {
+                    let target = kind.as_ref().map(|k: &Kind| Target::of(&k.group, &k.version, &k.kind));
+                    let create = operation.as_ref().map(|o: &Option<Cow<str>>| o.as_deref() == Some("CREATE"));
+                    let value = match (target, create) {
+                        (None, _) => map.next_value::<Option<&'de RawValue>>()?.map(Object::Raw),
+                        (Some(None), _) | (Some(Some(_)), Some(false)) => {
+                            map.next_value::<IgnoredAny>()?;
+                            Some(Object::Skipped)
+                        }
+                        (Some(Some(Target::Pod)), _) => map.next_value::<Option<Pod>>()?.map(|o| Object::Parsed(Parsed::Pod(o))),
+                        (Some(Some(Target::Job)), _) => map.next_value::<Option<Job>>()?.map(|o| Object::Parsed(Parsed::Job(o))),
+                        (Some(Some(Target::Trial)), _) => {
+                            map.next_value::<Option<Trial>>()?.map(|o| Object::Parsed(Parsed::Trial(o)))
+                        }
+                    };
+                    once(&mut object, value, "object")?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Request {
+            uid: uid.ok_or_else(|| A::Error::missing_field("uid"))?,
+            kind: kind.ok_or_else(|| A::Error::missing_field("kind"))?,
+            namespace: namespace.flatten(),
+            operation: operation.flatten(),
+            object: object.flatten(),
+        })
+    }
+}
+
+/// The request as the general path reads it: the object as text, parsed on its own.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Request<'a> {
+struct TextRequest<'a> {
     uid: Cow<'a, str>,
     kind: Kind<'a>,
     #[serde(default, borrow)]
@@ -134,6 +256,29 @@ struct Request<'a> {
     operation: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TextReview<'a> {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<&'a str>,
+    #[serde(borrow)]
+    request: Option<TextRequest<'a>>,
+}
+
+impl<'a> From<TextReview<'a>> for Review<'a> {
+    fn from(r: TextReview<'a>) -> Self {
+        Review {
+            api_version: r.api_version,
+            request: r.request.map(|q| Request {
+                uid: q.uid,
+                kind: q.kind,
+                namespace: q.namespace,
+                operation: q.operation,
+                object: q.object.map(Object::Raw),
+            }),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -170,7 +315,16 @@ const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 /// Answers one AdmissionReview body with the response body. Errors only when the body is not
 /// an AdmissionReview with a request.
 pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
-    let review: Review = serde_json::from_slice(body).map_err(AdmissionError::NotAReview)?;
+    // One pass with the object parsed into its view; on any error, the general way (object as
+    // text, parsed on its own), whose errors are the answers.
+    let review: Review = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(_) => serde_json::from_slice::<TextReview>(body).map_err(AdmissionError::NotAReview)?.into(),
+    };
+    answer(review, config)
+}
+
+fn answer(review: Review, config: &Config) -> Result<Vec<u8>> {
     let request = review.request.ok_or(AdmissionError::NoRequest)?;
     let patch = decide(&request, config);
     let out = ReviewOut {
@@ -205,7 +359,16 @@ fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
         tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = "request has no object", "admission");
         return None;
     };
-    match mutate(target, object.get(), namespace, config) {
+    let mutation = match object {
+        Object::Parsed(parsed) if parsed.target() == target => parsed.mutate(namespace, config),
+        Object::Raw(raw) => mutate(target, raw.get(), namespace, config),
+        // Not reached: the object is skipped only when it is not read, parsed as its kind.
+        Object::Parsed(_) | Object::Skipped => {
+            tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = "request has no object", "admission");
+            return None;
+        }
+    };
+    match mutation {
         Err(error) => {
             tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = %error, "admission");
             None
@@ -340,6 +503,43 @@ mod tests {
         assert!(matches!(review(b"{not json", &config), Err(AdmissionError::NotAReview(_))));
         assert!(matches!(review(b"{\"foo\": 1}", &config), Err(AdmissionError::NoRequest)));
         assert!(matches!(review(b"[1,2]", &config), Err(AdmissionError::NotAReview(_))));
+    }
+
+    /// The single pass answers every fixture as the general path (object parsed on its own)
+    /// does, also with the object before the kind.
+    #[test]
+    fn one_pass_answers_like_the_general_path() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for dir in ["tests/data", "bench/data"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let body = std::fs::read(&path).unwrap();
+                let Ok(mut full) = serde_json::from_slice::<Value>(&body) else { continue };
+                if full["kind"] != "AdmissionReview" {
+                    continue;
+                }
+                for mode in ["kfpAccess: token", "kfpAccess: header"] {
+                    let config = crate::config::Settings::from_yaml(mode, "t")
+                        .unwrap()
+                        .resolve(&crate::config::Capabilities::modern());
+                    let general = serde_json::from_slice::<TextReview>(&body).unwrap().into();
+                    let expected = answer(general, &config).unwrap();
+                    assert_eq!(review(&body, &config).unwrap(), expected, "{}", path.display());
+                    checked += 1;
+                }
+                // The object first (serde_json's map is sorted: "object" < "operation" but after "kind"):
+                // move it to the front by hand.
+                let object = full["request"].as_object_mut().unwrap().remove("object").unwrap();
+                let rest = serde_json::to_string(&full["request"]).unwrap();
+                let reordered = format!(r#"{{"apiVersion":"admission.k8s.io/v1","request":{{"object":{object},{}}}"#, &rest[1..]);
+                let config = Config::default();
+                let general = serde_json::from_slice::<TextReview>(reordered.as_bytes()).unwrap().into();
+                assert_eq!(review(reordered.as_bytes(), &config).unwrap(), answer(general, &config).unwrap());
+            }
+        }
+        assert!(checked >= 10, "only {checked} fixtures checked");
     }
 
     #[test]
