@@ -3,7 +3,7 @@
 //! access. Decided from the Job's own ownerReferences: no state is kept between requests.
 
 use super::{
-    Decision, PROXY_CONFIG_ANNOTATION, SIDECAR_INJECT_ANNOTATION, owned_by_trial,
+    Decision, PROXY_CONFIG_ANNOTATION, SIDECAR_INJECT_ANNOTATION, outside_user_namespaces, owned_by_trial,
     with_hold_until_proxy_starts,
 };
 use crate::{
@@ -17,11 +17,8 @@ pub const RESERVED_RULE: &str = "reserved-label";
 
 pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> {
     let settings = &config.settings;
-    if namespace == settings.kubeflow_namespace {
-        return Decision::unchanged(job, "job in the Kubeflow namespace");
-    }
-    if config.namespace_excluded(namespace) {
-        return Decision::unchanged(job, "namespace excluded");
+    if let Some(reason) = outside_user_namespaces(namespace, config) {
+        return Decision::unchanged(job, reason);
     }
     let mut decision = Decision::start(job);
     let trial_owned = owned_by_trial(&job.metadata);

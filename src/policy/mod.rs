@@ -82,6 +82,18 @@ fn with_hold_until_proxy_starts(existing: Option<&str>) -> Option<String> {
     serde_json::to_string(&config).ok()
 }
 
+/// Why a Trial or a Trial Job in `namespace` is left alone, if it is: Katib's own objects live
+/// in the Kubeflow namespace, and excluded namespaces are never touched.
+fn outside_user_namespaces(namespace: &str, config: &crate::config::Config) -> Option<&'static str> {
+    if namespace == config.settings.kubeflow_namespace {
+        Some("in the Kubeflow namespace")
+    } else if config.namespace_excluded(namespace) {
+        Some("namespace excluded")
+    } else {
+        None
+    }
+}
+
 /// Is one of the object's owners a Katib Trial?
 fn owned_by_trial(meta: &crate::model::ObjectMeta) -> bool {
     meta.owner_references.iter().flatten().any(|owner| {

@@ -1,18 +1,15 @@
 //! Behaviour 3: Katib Trials created outside the Kubeflow namespace are labelled, so that the
 //! Jobs and pods derived from them can be recognised.
 
-use super::Decision;
+use super::{Decision, outside_user_namespaces};
 use crate::{config::Config, model::Trial};
 
 pub const RULE: &str = "trial-label";
 
 pub fn mutate_trial(trial: &Trial, namespace: &str, config: &Config) -> Decision<Trial> {
     let settings = &config.settings;
-    if namespace == settings.kubeflow_namespace {
-        return Decision::unchanged(trial, "trial in the Kubeflow namespace");
-    }
-    if config.namespace_excluded(namespace) {
-        return Decision::unchanged(trial, "namespace excluded");
+    if let Some(reason) = outside_user_namespaces(namespace, config) {
+        return Decision::unchanged(trial, reason);
     }
     let mut decision = Decision::start(trial);
     if trial.metadata.label(&settings.extension_label) == Some("true") {
