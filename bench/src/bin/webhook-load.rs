@@ -514,23 +514,14 @@ async fn closed_loop(
             result
         }));
     }
-    tokio::time::sleep_until(window.start.into()).await;
-    let me = std::process::id();
-    let (cpu0, own0, all0) =
-        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
-    let sampler = Sampler::start(pid);
-    tokio::time::sleep_until(window.end.into()).await;
-    let (cpu1, own1, all1) =
-        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
-    let others = Others { client: own1.saturating_sub(own0), others: all1.others_since(&all0) };
-    let rss_max = sampler.finish();
+    let (server_cpu, rss_max, others) = measure(pid, &window).await;
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
     }
     let (latency, errors, first_error) = merge(results);
     let label = workloads.iter().map(|w| w.name).collect::<Vec<_>>().join("+");
-    Ok(phase(name, "closed", label, connections, duration, latency, errors, first_error, None, None, cpu1 - cpu0, rss_max, others))
+    Ok(phase(name, "closed", label, connections, duration, latency, errors, first_error, None, None, server_cpu, rss_max, others))
 }
 
 /// Fixed rate: a pacing thread releases one review every 1/rate s onto a queue that the
@@ -609,16 +600,7 @@ async fn open_loop(
             result
         }));
     }
-    tokio::time::sleep_until(window.start.into()).await;
-    let me = std::process::id();
-    let (cpu0, own0, all0) =
-        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
-    let sampler = Sampler::start(pid);
-    tokio::time::sleep_until(window.end.into()).await;
-    let (cpu1, own1, all1) =
-        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
-    let others = Others { client: own1.saturating_sub(own0), others: all1.others_since(&all0) };
-    let rss_max = sampler.finish();
+    let (server_cpu, rss_max, others) = measure(pid, &window).await;
     let lateness = tokio::task::spawn_blocking(move || pacer.join()).await?.map_err(|_| anyhow!("pacer panicked"))?;
     let mut results = Vec::new();
     for t in tasks {
@@ -638,12 +620,27 @@ async fn open_loop(
         first_error,
         Some(rate),
         Some(Latency::of(&lateness)),
-        cpu1 - cpu0,
+        server_cpu,
         rss_max,
         others,
     );
     p.unfinished = unfinished;
     Ok(p)
+}
+
+/// Over the measured window: the server's CPU, its RSS high-water mark, and the CPU used by
+/// everything else (the load generator, other processes).
+async fn measure(pid: u32, window: &Window) -> (Duration, u64, Others) {
+    tokio::time::sleep_until(window.start.into()).await;
+    let me = std::process::id();
+    let (cpu0, own0, all0) =
+        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
+    let sampler = Sampler::start(pid);
+    tokio::time::sleep_until(window.end.into()).await;
+    let (cpu1, own1, all1) =
+        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
+    let others = Others { client: own1.saturating_sub(own0), others: all1.others_since(&all0) };
+    (cpu1 - cpu0, sampler.finish(), others)
 }
 
 /// CPU used during a phase besides the server's.
