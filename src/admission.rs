@@ -79,13 +79,37 @@ pub struct Mutation {
 }
 
 /// Runs the rules for `target` over the object's JSON text.
-pub fn mutate(target: Target, object: &str, namespace: Option<&str>, config: &Config) -> Result<Mutation> {
+pub fn mutate(
+    target: Target,
+    object: &str,
+    namespace: Option<&str>,
+    config: &Config,
+) -> Result<Mutation> {
     match target {
-        Target::Pod => run(target, object, namespace, config, |o: &Pod| &o.metadata, policy::mutate_pod),
-        Target::Job => run(target, object, namespace, config, |o: &Job| &o.metadata, policy::mutate_job),
-        Target::Trial => {
-            run(target, object, namespace, config, |o: &Trial| &o.metadata, policy::mutate_trial)
-        }
+        Target::Pod => run(
+            target,
+            object,
+            namespace,
+            config,
+            |o: &Pod| &o.metadata,
+            policy::mutate_pod,
+        ),
+        Target::Job => run(
+            target,
+            object,
+            namespace,
+            config,
+            |o: &Job| &o.metadata,
+            policy::mutate_job,
+        ),
+        Target::Trial => run(
+            target,
+            object,
+            namespace,
+            config,
+            |o: &Trial| &o.metadata,
+            policy::mutate_trial,
+        ),
     }
 }
 
@@ -100,8 +124,10 @@ fn run<T>(
 where
     T: for<'de> Deserialize<'de> + Serialize,
 {
-    let parsed: T = serde_json::from_str(object)
-        .map_err(|source| AdmissionError::Object { kind: target.name(), source })?;
+    let parsed: T = serde_json::from_str(object).map_err(|source| AdmissionError::Object {
+        kind: target.name(),
+        source,
+    })?;
     apply(&parsed, namespace, config, meta, rule)
 }
 
@@ -114,8 +140,14 @@ fn apply<T: Serialize>(
     rule: impl Fn(&T, &str, &Config) -> Decision<T>,
 ) -> Result<Mutation> {
     // The request names the namespace; a pod from a generateName may not carry it yet.
-    let namespace = namespace.or(meta(parsed).namespace.as_deref()).unwrap_or("default");
-    let Decision { object: changed, applied, skipped } = rule(parsed, namespace, config);
+    let namespace = namespace
+        .or(meta(parsed).namespace.as_deref())
+        .unwrap_or("default");
+    let Decision {
+        object: changed,
+        applied,
+        skipped,
+    } = rule(parsed, namespace, config);
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
     } else {
@@ -123,7 +155,12 @@ fn apply<T: Serialize>(
         let after = serde_json::to_value(&changed).map_err(AdmissionError::Serialize)?;
         json_patch::diff(&before, &after)
     };
-    Ok(Mutation { patch, name: meta(parsed).display_name().to_string(), applied, skipped })
+    Ok(Mutation {
+        patch,
+        name: meta(parsed).display_name().to_string(),
+        applied,
+        skipped,
+    })
 }
 
 /// A view parsed in the same pass as the review (see [`Request`]).
@@ -144,9 +181,27 @@ impl Parsed {
 
     fn mutate(&self, namespace: Option<&str>, config: &Config) -> Result<Mutation> {
         match self {
-            Parsed::Pod(o) => apply(o, namespace, config, |o: &Pod| &o.metadata, policy::mutate_pod),
-            Parsed::Job(o) => apply(o, namespace, config, |o: &Job| &o.metadata, policy::mutate_job),
-            Parsed::Trial(o) => apply(o, namespace, config, |o: &Trial| &o.metadata, policy::mutate_trial),
+            Parsed::Pod(o) => apply(
+                o,
+                namespace,
+                config,
+                |o: &Pod| &o.metadata,
+                policy::mutate_pod,
+            ),
+            Parsed::Job(o) => apply(
+                o,
+                namespace,
+                config,
+                |o: &Job| &o.metadata,
+                policy::mutate_job,
+            ),
+            Parsed::Trial(o) => apply(
+                o,
+                namespace,
+                config,
+                |o: &Trial| &o.metadata,
+                policy::mutate_trial,
+            ),
         }
     }
 }
@@ -183,7 +238,9 @@ struct Request<'a> {
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Request<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         deserializer.deserialize_map(RequestVisitor)
     }
 }
@@ -197,35 +254,59 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
         f.write_str("an admission request")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Request<'de>, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Request<'de>, A::Error> {
         use serde::de::{Error, IgnoredAny};
-        fn once<T, E: Error>(slot: &mut Option<T>, value: T, name: &'static str) -> std::result::Result<(), E> {
+        fn once<T, E: Error>(
+            slot: &mut Option<T>,
+            value: T,
+            name: &'static str,
+        ) -> std::result::Result<(), E> {
             match slot.replace(value) {
                 Some(_) => Err(E::duplicate_field(name)),
                 None => Ok(()),
             }
         }
-        let (mut uid, mut kind, mut namespace, mut operation, mut object) = (None, None, None, None, None);
+        let (mut uid, mut kind, mut namespace, mut operation, mut object) =
+            (None, None, None, None, None);
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
                 "uid" => once(&mut uid, map.next_value()?, "uid")?,
                 "kind" => once(&mut kind, map.next_value::<Kind<'de>>()?, "kind")?,
-                "namespace" => once(&mut namespace, map.next_value::<Option<Cow<'de, str>>>()?, "namespace")?,
-                "operation" => once(&mut operation, map.next_value::<Option<Cow<'de, str>>>()?, "operation")?,
+                "namespace" => once(
+                    &mut namespace,
+                    map.next_value::<Option<Cow<'de, str>>>()?,
+                    "namespace",
+                )?,
+                "operation" => once(
+                    &mut operation,
+                    map.next_value::<Option<Cow<'de, str>>>()?,
+                    "operation",
+                )?,
                 "object" => {
-                    let target = kind.as_ref().map(|k: &Kind| Target::of(&k.group, &k.version, &k.kind));
-                    let create = operation.as_ref().map(|o: &Option<Cow<str>>| o.as_deref() == Some("CREATE"));
+                    let target = kind
+                        .as_ref()
+                        .map(|k: &Kind| Target::of(&k.group, &k.version, &k.kind));
+                    let create = operation
+                        .as_ref()
+                        .map(|o: &Option<Cow<str>>| o.as_deref() == Some("CREATE"));
                     let value = match (target, create) {
                         (None, _) => map.next_value::<Option<&'de RawValue>>()?.map(Object::Raw),
                         (Some(None), _) | (Some(Some(_)), Some(false)) => {
                             map.next_value::<IgnoredAny>()?;
                             Some(Object::Skipped)
                         }
-                        (Some(Some(Target::Pod)), _) => map.next_value::<Option<Pod>>()?.map(|o| Object::Parsed(Parsed::Pod(o))),
-                        (Some(Some(Target::Job)), _) => map.next_value::<Option<Job>>()?.map(|o| Object::Parsed(Parsed::Job(o))),
-                        (Some(Some(Target::Trial)), _) => {
-                            map.next_value::<Option<Trial>>()?.map(|o| Object::Parsed(Parsed::Trial(o)))
-                        }
+                        (Some(Some(Target::Pod)), _) => map
+                            .next_value::<Option<Pod>>()?
+                            .map(|o| Object::Parsed(Parsed::Pod(o))),
+                        (Some(Some(Target::Job)), _) => map
+                            .next_value::<Option<Job>>()?
+                            .map(|o| Object::Parsed(Parsed::Job(o))),
+                        (Some(Some(Target::Trial)), _) => map
+                            .next_value::<Option<Trial>>()?
+                            .map(|o| Object::Parsed(Parsed::Trial(o))),
                     };
                     once(&mut object, value, "object")?;
                 }
@@ -319,7 +400,9 @@ pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
     // text, parsed on its own), whose errors are the answers.
     let review: Review = match serde_json::from_slice(body) {
         Ok(review) => review,
-        Err(_) => serde_json::from_slice::<TextReview>(body).map_err(AdmissionError::NotAReview)?.into(),
+        Err(_) => serde_json::from_slice::<TextReview>(body)
+            .map_err(AdmissionError::NotAReview)?
+            .into(),
     };
     answer(review, config)
 }
@@ -343,7 +426,13 @@ fn answer(review: Review, config: &Config) -> Result<Vec<u8>> {
 
 /// The JSON Patch to send, if any; logs the decision.
 fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
-    let Request { kind, namespace, operation, object, .. } = request;
+    let Request {
+        kind,
+        namespace,
+        operation,
+        object,
+        ..
+    } = request;
     let namespace = namespace.as_deref();
     let ns = namespace.unwrap_or("");
     let Some(target) = Target::of(&kind.group, &kind.version, &kind.kind) else {
@@ -351,12 +440,27 @@ fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
         return None;
     };
     if operation.as_deref() != Some("CREATE") {
-        let reason = format!("operation {} not handled", operation.as_deref().unwrap_or("(none)"));
-        tracing::info!(kind = target.name(), namespace = ns, patched = false, reason, "admission");
+        let reason = format!(
+            "operation {} not handled",
+            operation.as_deref().unwrap_or("(none)")
+        );
+        tracing::info!(
+            kind = target.name(),
+            namespace = ns,
+            patched = false,
+            reason,
+            "admission"
+        );
         return None;
     }
     let Some(object) = object else {
-        tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = "request has no object", "admission");
+        tracing::warn!(
+            kind = target.name(),
+            namespace = ns,
+            patched = false,
+            reason = "request has no object",
+            "admission"
+        );
         return None;
     };
     let mutation = match object {
@@ -364,7 +468,13 @@ fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
         Object::Raw(raw) => mutate(target, raw.get(), namespace, config),
         // Not reached: the object is skipped only when it is not read, parsed as its kind.
         Object::Parsed(_) | Object::Skipped => {
-            tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = "request has no object", "admission");
+            tracing::warn!(
+                kind = target.name(),
+                namespace = ns,
+                patched = false,
+                reason = "request has no object",
+                "admission"
+            );
             return None;
         }
     };
@@ -375,14 +485,29 @@ fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
         }
         Ok(m) if m.patch.0.is_empty() => {
             let reason = m.skipped.join("; ");
-            tracing::info!(kind = target.name(), namespace = ns, name = m.name, patched = false, reason, "admission");
+            tracing::info!(
+                kind = target.name(),
+                namespace = ns,
+                name = m.name,
+                patched = false,
+                reason,
+                "admission"
+            );
             None
         }
         Ok(m) => match serde_json::to_vec(&m.patch) {
             Ok(bytes) => {
                 let rules = m.applied.join(",");
                 let skipped = m.skipped.join("; ");
-                tracing::info!(kind = target.name(), namespace = ns, name = m.name, patched = true, rules, skipped, "admission");
+                tracing::info!(
+                    kind = target.name(),
+                    namespace = ns,
+                    name = m.name,
+                    patched = true,
+                    rules,
+                    skipped,
+                    "admission"
+                );
                 Some(bytes)
             }
             Err(error) => {
@@ -444,9 +569,15 @@ mod tests {
 
     fn assert_allowed_without_patch(response: &Value) {
         assert_eq!(response["response"]["allowed"], true);
-        assert_eq!(response["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(
+            response["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
         assert!(response["response"].get("patch").is_none(), "{response}");
-        assert!(response["response"].get("patchType").is_none(), "{response}");
+        assert!(
+            response["response"].get("patchType").is_none(),
+            "{response}"
+        );
     }
 
     #[test]
@@ -454,7 +585,10 @@ mod tests {
         let response = respond(&review_of(pod_kind(), "alice", "CREATE", notebook()));
         assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(response["kind"], "AdmissionReview");
-        assert_eq!(response["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(
+            response["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
         assert_eq!(response["response"]["allowed"], true);
         let after = patched(&response, notebook());
         let mut expected = notebook();
@@ -463,7 +597,10 @@ mod tests {
         let container = &after["spec"]["containers"][0];
         assert_eq!(container["env"][0], json!({"name": "A", "value": "1"}));
         assert_eq!(container["env"][1]["name"], "KF_PIPELINES_SA_TOKEN_PATH");
-        assert_eq!(after["spec"]["volumes"][0]["name"], "volume-kf-pipeline-token");
+        assert_eq!(
+            after["spec"]["volumes"][0]["name"],
+            "volume-kf-pipeline-token"
+        );
         assert_eq!(after["metadata"], expected["metadata"]);
         assert_eq!(container["image"], "jupyter");
     }
@@ -472,7 +609,12 @@ mod tests {
     fn unknown_kind_other_operations_and_excluded_namespaces_pass_untouched() {
         let config_map = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
         for body in [
-            review_of(config_map, "alice", "CREATE", json!({"metadata": {"name": "x"}})),
+            review_of(
+                config_map,
+                "alice",
+                "CREATE",
+                json!({"metadata": {"name": "x"}}),
+            ),
             review_of(pod_kind(), "alice", "UPDATE", notebook()),
             review_of(pod_kind(), "kube-system", "CREATE", notebook()),
         ] {
@@ -484,7 +626,12 @@ mod tests {
     fn object_that_is_not_a_pod_is_allowed_without_patch() {
         let broken = json!({"metadata": {"labels": {"notebook-name": "nb"}}, "spec": {"containers": "nope"}});
         assert_allowed_without_patch(&respond(&review_of(pod_kind(), "alice", "CREATE", broken)));
-        assert_allowed_without_patch(&respond(&review_of(pod_kind(), "alice", "CREATE", json!(null))));
+        assert_allowed_without_patch(&respond(&review_of(
+            pod_kind(),
+            "alice",
+            "CREATE",
+            json!(null),
+        )));
     }
 
     #[test]
@@ -492,17 +639,32 @@ mod tests {
         for version in ["v1beta1", "v1alpha3"] {
             let kind = json!({"group": "kubeflow.org", "version": version, "kind": "Trial"});
             let trial = json!({"apiVersion": format!("kubeflow.org/{version}"), "kind": "Trial", "metadata": {"name": "t"}, "spec": {}});
-            let after = patched(&respond(&review_of(kind, "alice", "CREATE", trial)), json!({"metadata": {"name": "t"}, "spec": {}}));
-            assert_eq!(after["metadata"]["labels"], json!({"kubeflow-extension": "true"}));
+            let after = patched(
+                &respond(&review_of(kind, "alice", "CREATE", trial)),
+                json!({"metadata": {"name": "t"}, "spec": {}}),
+            );
+            assert_eq!(
+                after["metadata"]["labels"],
+                json!({"kubeflow-extension": "true"})
+            );
         }
     }
 
     #[test]
     fn body_that_is_not_a_review_is_an_error() {
         let config = Config::default();
-        assert!(matches!(review(b"{not json", &config), Err(AdmissionError::NotAReview(_))));
-        assert!(matches!(review(b"{\"foo\": 1}", &config), Err(AdmissionError::NoRequest)));
-        assert!(matches!(review(b"[1,2]", &config), Err(AdmissionError::NotAReview(_))));
+        assert!(matches!(
+            review(b"{not json", &config),
+            Err(AdmissionError::NotAReview(_))
+        ));
+        assert!(matches!(
+            review(b"{\"foo\": 1}", &config),
+            Err(AdmissionError::NoRequest)
+        ));
+        assert!(matches!(
+            review(b"[1,2]", &config),
+            Err(AdmissionError::NotAReview(_))
+        ));
     }
 
     /// The single pass answers every fixture as the general path (object parsed on its own)
@@ -512,11 +674,15 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut checked = 0;
         for dir in ["tests/data", "bench/data"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                continue;
+            };
             for entry in entries {
                 let path = entry.unwrap().path();
                 let body = std::fs::read(&path).unwrap();
-                let Ok(mut full) = serde_json::from_slice::<Value>(&body) else { continue };
+                let Ok(mut full) = serde_json::from_slice::<Value>(&body) else {
+                    continue;
+                };
                 if full["kind"] != "AdmissionReview" {
                     continue;
                 }
@@ -526,17 +692,34 @@ mod tests {
                         .resolve(&crate::config::Capabilities::modern());
                     let general = serde_json::from_slice::<TextReview>(&body).unwrap().into();
                     let expected = answer(general, &config).unwrap();
-                    assert_eq!(review(&body, &config).unwrap(), expected, "{}", path.display());
+                    assert_eq!(
+                        review(&body, &config).unwrap(),
+                        expected,
+                        "{}",
+                        path.display()
+                    );
                     checked += 1;
                 }
                 // The object first (serde_json's map is sorted: "object" < "operation" but after "kind"):
                 // move it to the front by hand.
-                let object = full["request"].as_object_mut().unwrap().remove("object").unwrap();
+                let object = full["request"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("object")
+                    .unwrap();
                 let rest = serde_json::to_string(&full["request"]).unwrap();
-                let reordered = format!(r#"{{"apiVersion":"admission.k8s.io/v1","request":{{"object":{object},{}}}"#, &rest[1..]);
+                let reordered = format!(
+                    r#"{{"apiVersion":"admission.k8s.io/v1","request":{{"object":{object},{}}}"#,
+                    &rest[1..]
+                );
                 let config = Config::default();
-                let general = serde_json::from_slice::<TextReview>(reordered.as_bytes()).unwrap().into();
-                assert_eq!(review(reordered.as_bytes(), &config).unwrap(), answer(general, &config).unwrap());
+                let general = serde_json::from_slice::<TextReview>(reordered.as_bytes())
+                    .unwrap()
+                    .into();
+                assert_eq!(
+                    review(reordered.as_bytes(), &config).unwrap(),
+                    answer(general, &config).unwrap()
+                );
             }
         }
         assert!(checked >= 10, "only {checked} fixtures checked");
@@ -546,7 +729,10 @@ mod tests {
     fn targets_by_api_version() {
         assert_eq!(Target::of_api_version("v1", "Pod"), Some(Target::Pod));
         assert_eq!(Target::of_api_version("batch/v1", "Job"), Some(Target::Job));
-        assert_eq!(Target::of_api_version("kubeflow.org/v1alpha3", "Trial"), Some(Target::Trial));
+        assert_eq!(
+            Target::of_api_version("kubeflow.org/v1alpha3", "Trial"),
+            Some(Target::Trial)
+        );
         assert_eq!(Target::of_api_version("batch/v1", "CronJob"), None);
         assert_eq!(Target::of_api_version("kubeflow.org/v1", "Trial"), None);
     }

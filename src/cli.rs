@@ -62,13 +62,24 @@ pub struct ManifestsArgs {
     #[arg(long, value_name = "IMAGE", default_value = manifests::DEFAULT_IMAGE, env = "TENANCY_FIXER_IMAGE")]
     pub image: String,
     /// PEM file with the CA that signed the serving certificate (Secret tenancy-fixer-tls): the webhook's caBundle.
-    #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CA_BUNDLE", conflicts_with = "cert_manager")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TENANCY_FIXER_CA_BUNDLE",
+        conflicts_with = "cert_manager"
+    )]
     pub ca_bundle: Option<PathBuf>,
     /// Let cert-manager issue the serving certificate (self-signed Issuer, Certificate) and inject the caBundle.
     #[arg(long, env = "TENANCY_FIXER_CERT_MANAGER")]
     pub cert_manager: bool,
     /// What the API server does when the webhook does not answer.
-    #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", env = "TENANCY_FIXER_FAILURE_POLICY")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        default_value = "ignore",
+        env = "TENANCY_FIXER_FAILURE_POLICY"
+    )]
     pub failure_policy: FailurePolicy,
     /// Settings file (YAML) to install in the ConfigMap (default: the default settings, every key spelt out).
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
@@ -88,10 +99,21 @@ pub struct DemoArgs {
     #[arg(long, value_name = "PATH", env = "TENANCY_FIXER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// The testenv binary (`testenv/build.sh` builds it).
-    #[arg(long, value_name = "FILE", default_value = "target/testenv/testenv", env = "TENANCY_FIXER_TESTENV")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/testenv/testenv",
+        env = "TENANCY_FIXER_TESTENV"
+    )]
     pub testenv: PathBuf,
     /// Directory of CRDs testenv serves; repeat to add more (deploy/crds/legacy-istio for Istio < 1.6).
-    #[arg(long, value_name = "DIR", default_value = "deploy/crds", env = "TENANCY_FIXER_CRDS", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "deploy/crds",
+        env = "TENANCY_FIXER_CRDS",
+        value_delimiter = ','
+    )]
     pub crds: Vec<PathBuf>,
     /// Settings file (YAML); `auto` settings are decided by API discovery.
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
@@ -104,7 +126,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address and port the HTTPS webhook listens on.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443", env = "TENANCY_FIXER_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8443",
+        env = "TENANCY_FIXER_LISTEN"
+    )]
     pub listen: SocketAddr,
     /// PEM file with the serving certificate (chain); reloaded when it changes.
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_TLS_CERT")]
@@ -119,7 +146,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANCY_FIXER_NO_CONTROLLER")]
     pub no_controller: bool,
     /// Run the controller only while holding a Lease (several replicas: all serve admission, one writes).
-    #[arg(long, env = "TENANCY_FIXER_LEADER_ELECT", conflicts_with = "no_controller")]
+    #[arg(
+        long,
+        env = "TENANCY_FIXER_LEADER_ELECT",
+        conflicts_with = "no_controller"
+    )]
     pub leader_elect: bool,
     /// Namespace of the Lease (default: env POD_NAMESPACE, else `tenancy-fixer`).
     #[arg(long, value_name = "NAMESPACE", env = "TENANCY_FIXER_LEASE_NAMESPACE")]
@@ -135,7 +166,12 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct MutateArgs {
     /// YAML or JSON file holding one Pod, batch/v1 Job, Trial or AdmissionReview (`-` reads stdin).
-    #[arg(short = 'f', long = "file", value_name = "FILE", env = "TENANCY_FIXER_MUTATE_FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        env = "TENANCY_FIXER_MUTATE_FILE"
+    )]
     pub file: PathBuf,
     /// Settings file (YAML); `auto` settings resolve to the modern modes.
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
@@ -144,14 +180,25 @@ pub struct MutateArgs {
     #[arg(long, env = "TENANCY_FIXER_MUTATE_PATCH")]
     pub patch: bool,
     /// Output format (default: the input's format).
-    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT", env = "TENANCY_FIXER_OUTPUT")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        value_name = "FORMAT",
+        env = "TENANCY_FIXER_OUTPUT"
+    )]
     pub output: Option<Format>,
 }
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     /// YAML or JSON file holding one kubeflow.org Profile (`-` reads stdin).
-    #[arg(short = 'f', long = "file", value_name = "FILE", env = "TENANCY_FIXER_RENDER_FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        env = "TENANCY_FIXER_RENDER_FILE"
+    )]
     pub file: PathBuf,
     /// Settings file (YAML); `auto` settings resolve to the modern modes.
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
@@ -213,7 +260,10 @@ pub type Result<T, E = CliError> = std::result::Result<T, E>;
 impl Cli {
     /// Runs the subcommand. Logging is set up here (stderr; `info` for `serve`, `warn` offline).
     pub fn run(self) -> Result<()> {
-        let Self { log_format, command } = self;
+        let Self {
+            log_format,
+            command,
+        } = self;
         match command {
             Command::Serve(args) => {
                 telemetry::init(log_format, "info");
@@ -270,14 +320,24 @@ fn offline_config(path: Option<&Path>) -> Result<Config> {
 
 impl DemoArgs {
     pub fn run(self) -> Result<()> {
-        let Self { kubeconfig, testenv, crds, config } = self;
+        let Self {
+            kubeconfig,
+            testenv,
+            crds,
+            config,
+        } = self;
         let settings = load_settings(config.as_deref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(CliError::Runtime)?;
         runtime
-            .block_on(demo::run(DemoOptions { kubeconfig, testenv, crds, settings }))
+            .block_on(demo::run(DemoOptions {
+                kubeconfig,
+                testenv,
+                crds,
+                settings,
+            }))
             .map_err(CliError::Demo)
     }
 }
@@ -306,14 +366,22 @@ impl ServeArgs {
             lease_identity,
         } = self;
         let election = leader_elect.then(|| {
-            leader_election(lease_namespace, lease_name, lease_identity, |key| std::env::var(key).ok(), hostname)
+            leader_election(
+                lease_namespace,
+                lease_name,
+                lease_identity,
+                |key| std::env::var(key).ok(),
+                hostname,
+            )
         });
         let (config, client) = if no_controller {
             tracing::info!("controller disabled: auto settings resolve to the modern modes");
             (settings.resolve(&Capabilities::modern()), None)
         } else {
             let client = kube_client(kubeconfig.as_deref()).await?;
-            let capabilities = controller::discover(&client).await.map_err(CliError::Discovery)?;
+            let capabilities = controller::discover(&client)
+                .await
+                .map_err(CliError::Discovery)?;
             (settings.resolve(&capabilities), Some(client))
         };
         let modes = &config.modes;
@@ -434,10 +502,22 @@ fn hostname() -> Option<String> {
 impl ManifestsArgs {
     /// The install manifests as a YAML stream.
     pub fn run(self) -> Result<String> {
-        let Self { image, ca_bundle, cert_manager, failure_policy, config } = self;
+        let Self {
+            image,
+            ca_bundle,
+            cert_manager,
+            failure_policy,
+            config,
+        } = self;
         let ca_bundle = ca_bundle.map(|path| read_ca_bundle(&path)).transpose()?;
         let settings = load_settings(config.as_deref())?;
-        let install = Install { image, ca_bundle, cert_manager, failure_policy, settings };
+        let install = Install {
+            image,
+            ca_bundle,
+            cert_manager,
+            failure_policy,
+            settings,
+        };
         manifests::install_manifests(&install).map_err(|e| CliError::Output(e.to_string()))
     }
 }
@@ -447,7 +527,9 @@ fn read_ca_bundle(path: &Path) -> Result<Vec<u8>> {
     let shown = path.display();
     let pem = std::fs::read(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(input(format!("{shown}: not a PEM certificate bundle (no BEGIN CERTIFICATE line)")));
+        return Err(input(format!(
+            "{shown}: not a PEM certificate bundle (no BEGIN CERTIFICATE line)"
+        )));
     }
     Ok(pem)
 }
@@ -462,10 +544,15 @@ impl ReleaseFinalizersArgs {
             .map_err(CliError::Runtime)?;
         let released = runtime.block_on(async {
             let client = kube_client(kubeconfig.as_deref()).await?;
-            controller::release_finalizers(&client).await.map_err(CliError::ReleaseFinalizers)
+            controller::release_finalizers(&client)
+                .await
+                .map_err(CliError::ReleaseFinalizers)
         })?;
         let finalizer = controller::FINALIZER;
-        Ok(released.iter().map(|name| format!("profile/{name}: finalizer {finalizer} removed\n")).collect())
+        Ok(released
+            .iter()
+            .map(|name| format!("profile/{name}: finalizer {finalizer} removed\n"))
+            .collect())
     }
 }
 
@@ -482,11 +569,20 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
     let Some(path) = kubeconfig else {
         return kube::Client::try_default().await.map_err(CliError::Client);
     };
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-        .map_err(|source| CliError::Kubeconfig { path: path.into(), source })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|source| CliError::Kubeconfig { path: path.into(), source })?;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).map_err(|source| CliError::Kubeconfig {
+            path: path.into(),
+            source,
+        })?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|source| CliError::Kubeconfig {
+        path: path.into(),
+        source,
+    })?;
     kube::Client::try_from(config).map_err(CliError::Client)
 }
 
@@ -511,7 +607,12 @@ async fn shutdown_signal() {
 impl MutateArgs {
     /// The text to print: the mutated object, its patch, or the AdmissionReview response.
     pub fn run(self) -> Result<String> {
-        let Self { file, config, patch, output } = self;
+        let Self {
+            file,
+            config,
+            patch,
+            output,
+        } = self;
         let config = offline_config(config.as_deref())?;
         let (text, shown) = read_input(&file)?;
         let (document, input_format) = parse_document(&text, &shown)?;
@@ -522,12 +623,19 @@ impl MutateArgs {
 
 /// Mutates one parsed document: an AdmissionReview is answered as the webhook would; an object
 /// is returned changed (or its patch, with `patch_only`).
-pub fn mutate_document(mut document: Value, shown: &str, patch_only: bool, config: &Config) -> Result<Value> {
+pub fn mutate_document(
+    mut document: Value,
+    shown: &str,
+    patch_only: bool,
+    config: &Config,
+) -> Result<Value> {
     let (api_version, kind) = type_of(&document, shown)?;
     if kind == "AdmissionReview" {
         let body = serde_json::to_vec(&document).map_err(|e| input(format!("{shown}: {e}")))?;
-        let answer = admission::review(&body, config).map_err(|e| input(format!("{shown}: {e}")))?;
-        return serde_json::from_slice(&answer).map_err(|e| input(format!("{shown}: invalid response: {e}")));
+        let answer =
+            admission::review(&body, config).map_err(|e| input(format!("{shown}: {e}")))?;
+        return serde_json::from_slice(&answer)
+            .map_err(|e| input(format!("{shown}: invalid response: {e}")));
     }
     let Some(target) = Target::of_api_version(&api_version, &kind) else {
         return Err(input(format!(
@@ -546,8 +654,11 @@ pub fn mutate_document(mut document: Value, shown: &str, patch_only: bool, confi
     if patch_only {
         return serde_json::to_value(&mutation.patch).map_err(|e| input(format!("{shown}: {e}")));
     }
-    json_patch::patch(&mut document, &mutation.patch)
-        .map_err(|e| input(format!("{shown}: the rules' patch does not apply to the object: {e}")))?;
+    json_patch::patch(&mut document, &mutation.patch).map_err(|e| {
+        input(format!(
+            "{shown}: the rules' patch does not apply to the object: {e}"
+        ))
+    })?;
     Ok(document)
 }
 
@@ -568,9 +679,15 @@ fn parse_profile(document: Value, shown: &str) -> Result<Profile> {
     let (api_version, kind) = type_of(&document, shown)?;
     let group = api_version.split_once('/').map(|(group, _)| group);
     if kind != "Profile" || group != Some("kubeflow.org") {
-        return Err(input(format!("{shown}: expected a kubeflow.org Profile, found {api_version} {kind}")));
+        return Err(input(format!(
+            "{shown}: expected a kubeflow.org Profile, found {api_version} {kind}"
+        )));
     }
-    if document.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if document
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err(input(format!("{shown}: the Profile has no metadata.name")));
     }
     serde_json::from_value(document).map_err(|e| input(format!("{shown}: invalid Profile: {e}")))
@@ -585,11 +702,14 @@ fn input(message: String) -> CliError {
 fn read_input(path: &Path) -> Result<(String, String)> {
     if path == Path::new("-") {
         let mut text = String::new();
-        io::stdin().read_to_string(&mut text).map_err(|e| input(format!("cannot read stdin: {e}")))?;
+        io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| input(format!("cannot read stdin: {e}")))?;
         return Ok((text, "stdin".into()));
     }
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     Ok((text, shown))
 }
 
@@ -597,17 +717,22 @@ fn read_input(path: &Path) -> Result<(String, String)> {
 pub fn parse_document(text: &str, shown: &str) -> Result<(Value, Format)> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let value = serde_json::from_str(text).map_err(|e| input(format!("{shown}: invalid JSON: {e}")))?;
+        let value =
+            serde_json::from_str(text).map_err(|e| input(format!("{shown}: invalid JSON: {e}")))?;
         return Ok((value, Format::Json));
     }
-    let value: Value = serde_yaml::from_str(text).map_err(|e| input(format!("{shown}: invalid YAML: {e}")))?;
+    let value: Value =
+        serde_yaml::from_str(text).map_err(|e| input(format!("{shown}: invalid YAML: {e}")))?;
     Ok((value, Format::Yaml))
 }
 
 /// `apiVersion` and `kind` of a document that must be a Kubernetes object.
 fn type_of(document: &Value, shown: &str) -> Result<(String, String)> {
     let Value::Object(map) = document else {
-        return Err(input(format!("{shown}: expected a Kubernetes object, found {}", value_type(document))));
+        return Err(input(format!(
+            "{shown}: expected a Kubernetes object, found {}",
+            value_type(document)
+        )));
     };
     let field = |name: &str| match map.get(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -658,8 +783,16 @@ mod tests {
                 if matches!(id, "help" | "version") || arg.is_positional() {
                     continue;
                 }
-                assert!(arg.get_help().is_some(), "{}: --{id} has no help", sub.get_name());
-                assert!(arg.get_env().is_some(), "{}: --{id} has no env", sub.get_name());
+                assert!(
+                    arg.get_help().is_some(),
+                    "{}: --{id} has no help",
+                    sub.get_name()
+                );
+                assert!(
+                    arg.get_env().is_some(),
+                    "{}: --{id} has no env",
+                    sub.get_name()
+                );
             }
         }
     }
@@ -667,24 +800,63 @@ mod tests {
     #[test]
     fn serve_takes_the_leader_election_flags() {
         let cli = Cli::try_parse_from([
-            "tenancy-fixer", "serve", "--tls-cert", "c", "--tls-key", "k", "--leader-elect",
-            "--lease-namespace", "ops", "--lease-name", "tf", "--lease-identity", "pod-0",
+            "tenancy-fixer",
+            "serve",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--leader-elect",
+            "--lease-namespace",
+            "ops",
+            "--lease-name",
+            "tf",
+            "--lease-identity",
+            "pod-0",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         assert!(args.leader_elect);
         assert_eq!(
-            (args.lease_namespace.as_deref(), args.lease_name.as_str(), args.lease_identity.as_deref()),
+            (
+                args.lease_namespace.as_deref(),
+                args.lease_name.as_str(),
+                args.lease_identity.as_deref()
+            ),
             (Some("ops"), "tf", Some("pod-0"))
         );
 
-        let cli = Cli::try_parse_from(["tenancy-fixer", "serve", "--tls-cert", "c", "--tls-key", "k"]).unwrap();
-        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let cli = Cli::try_parse_from([
+            "tenancy-fixer",
+            "serve",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         assert!(!args.leader_elect, "off by default");
         assert_eq!(args.lease_name, "tenancy-fixer");
 
-        let both = ["tenancy-fixer", "serve", "--tls-cert", "c", "--tls-key", "k", "--leader-elect", "--no-controller"];
-        assert!(Cli::try_parse_from(both).is_err(), "nothing to elect without a controller");
+        let both = [
+            "tenancy-fixer",
+            "serve",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--leader-elect",
+            "--no-controller",
+        ];
+        assert!(
+            Cli::try_parse_from(both).is_err(),
+            "nothing to elect without a controller"
+        );
     }
 
     #[test]
@@ -697,37 +869,75 @@ mod tests {
         let host = || Some("node-host".to_string());
         let election = leader_election(None, "tenancy-fixer".into(), None, pod_env, host);
         assert_eq!(
-            (election.namespace.as_str(), election.lease_name.as_str(), election.identity.as_str()),
+            (
+                election.namespace.as_str(),
+                election.lease_name.as_str(),
+                election.identity.as_str()
+            ),
             ("kubeflow-ops", "tenancy-fixer", "tenancy-fixer-5d9c-abcde")
         );
 
-        let flags = leader_election(Some("ops".into()), "l".into(), Some("me".into()), pod_env, host);
-        assert_eq!((flags.namespace.as_str(), flags.identity.as_str()), ("ops", "me"), "flags win");
+        let flags = leader_election(
+            Some("ops".into()),
+            "l".into(),
+            Some("me".into()),
+            pod_env,
+            host,
+        );
+        assert_eq!(
+            (flags.namespace.as_str(), flags.identity.as_str()),
+            ("ops", "me"),
+            "flags win"
+        );
 
         let empty_env = |_: &str| Some(String::new());
         let outside = leader_election(Some(" ".into()), "l".into(), None, empty_env, host);
-        assert_eq!((outside.namespace.as_str(), outside.identity.as_str()), ("tenancy-fixer", "node-host"));
+        assert_eq!(
+            (outside.namespace.as_str(), outside.identity.as_str()),
+            ("tenancy-fixer", "node-host")
+        );
 
         let nothing = leader_election(None, "l".into(), None, |_| None, || None);
-        assert!(nothing.identity.starts_with("tenancy-fixer-"), "{}", nothing.identity);
+        assert!(
+            nothing.identity.starts_with("tenancy-fixer-"),
+            "{}",
+            nothing.identity
+        );
     }
 
     #[test]
     fn manifests_flags_reach_the_install() {
         let cli = Cli::try_parse_from(["tenancy-fixer", "manifests"]).unwrap();
-        let Command::Manifests(args) = cli.command else { panic!("not manifests") };
-        assert_eq!(args.run().unwrap(), manifests::install_manifests(&Install::default()).unwrap());
+        let Command::Manifests(args) = cli.command else {
+            panic!("not manifests")
+        };
+        assert_eq!(
+            args.run().unwrap(),
+            manifests::install_manifests(&Install::default()).unwrap()
+        );
 
         let dir = std::env::temp_dir().join(format!("tf-cli-manifests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = dir.join("ca.crt");
-        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
-            "tenancy-fixer", "manifests", "--image", "tenancy-fixer:1.0-test", "--failure-policy", "fail",
-            "--ca-bundle", ca.to_str().unwrap(),
+            "tenancy-fixer",
+            "manifests",
+            "--image",
+            "tenancy-fixer:1.0-test",
+            "--failure-policy",
+            "fail",
+            "--ca-bundle",
+            ca.to_str().unwrap(),
         ])
         .unwrap();
-        let Command::Manifests(args) = cli.command else { panic!("not manifests") };
+        let Command::Manifests(args) = cli.command else {
+            panic!("not manifests")
+        };
         let out = args.run().unwrap();
         assert!(out.contains("image: tenancy-fixer:1.0-test"), "{out}");
         assert!(out.contains("failurePolicy: Fail"), "{out}");
@@ -735,22 +945,44 @@ mod tests {
 
         let not_pem = dir.join("not.pem");
         std::fs::write(&not_pem, "hello").unwrap();
-        let cli =
-            Cli::try_parse_from(["tenancy-fixer", "manifests", "--ca-bundle", not_pem.to_str().unwrap()]).unwrap();
-        let Command::Manifests(args) = cli.command else { panic!("not manifests") };
+        let cli = Cli::try_parse_from([
+            "tenancy-fixer",
+            "manifests",
+            "--ca-bundle",
+            not_pem.to_str().unwrap(),
+        ])
+        .unwrap();
+        let Command::Manifests(args) = cli.command else {
+            panic!("not manifests")
+        };
         let error = args.run().unwrap_err();
         assert_eq!(error.exit_code(), 1);
-        assert!(error.to_string().contains("not a PEM certificate bundle"), "{error}");
+        assert!(
+            error.to_string().contains("not a PEM certificate bundle"),
+            "{error}"
+        );
 
-        let conflicting = ["tenancy-fixer", "manifests", "--cert-manager", "--ca-bundle", "ca.crt"];
-        assert!(Cli::try_parse_from(conflicting).is_err(), "cert-manager injects the CA itself");
+        let conflicting = [
+            "tenancy-fixer",
+            "manifests",
+            "--cert-manager",
+            "--ca-bundle",
+            "ca.crt",
+        ];
+        assert!(
+            Cli::try_parse_from(conflicting).is_err(),
+            "cert-manager injects the CA itself"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn yaml_and_json_documents_parse() {
         let (v, f) = parse_document("apiVersion: v1\nkind: Pod\n", "t").unwrap();
-        assert_eq!((v, f), (json!({"apiVersion": "v1", "kind": "Pod"}), Format::Yaml));
+        assert_eq!(
+            (v, f),
+            (json!({"apiVersion": "v1", "kind": "Pod"}), Format::Yaml)
+        );
         let (v, f) = parse_document(" {\"kind\": \"Pod\"}", "t").unwrap();
         assert_eq!((v, f), (json!({"kind": "Pod"}), Format::Json));
         for bad in ["{not json", "a: [1", "a: 1\n---\nb: 2\n"] {
@@ -774,19 +1006,34 @@ mod tests {
 
         let mut plain = pod;
         plain["metadata"]["labels"] = json!({"app": "x"});
-        assert_eq!(mutate_document(plain.clone(), "t", true, &config).unwrap(), json!([]));
-        assert_eq!(mutate_document(plain.clone(), "t", false, &config).unwrap(), plain);
+        assert_eq!(
+            mutate_document(plain.clone(), "t", true, &config).unwrap(),
+            json!([])
+        );
+        assert_eq!(
+            mutate_document(plain.clone(), "t", false, &config).unwrap(),
+            plain
+        );
     }
 
     #[test]
     fn unsupported_and_invalid_objects_are_input_errors() {
         let config = offline_config(None).unwrap();
         let cases = [
-            (json!({"apiVersion": "v1", "kind": "ConfigMap"}), "unsupported object v1 ConfigMap"),
+            (
+                json!({"apiVersion": "v1", "kind": "ConfigMap"}),
+                "unsupported object v1 ConfigMap",
+            ),
             (json!({"kind": "Pod"}), "no apiVersion"),
             (json!([1]), "found a list"),
-            (json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": "nope"}}), "cannot parse Pod"),
-            (json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}), "has no request"),
+            (
+                json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": "nope"}}),
+                "cannot parse Pod",
+            ),
+            (
+                json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+                "has no request",
+            ),
         ];
         for (document, expected) in cases {
             let error = mutate_document(document, "in.json", false, &config).unwrap_err();
@@ -802,8 +1049,18 @@ mod tests {
         let profile = parse_profile(ok, "p").unwrap();
         assert_eq!(istio::owner_of(&profile), "alice@example.com");
         let no_name = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {}});
-        assert!(parse_profile(no_name, "p").unwrap_err().to_string().contains("metadata.name"));
+        assert!(
+            parse_profile(no_name, "p")
+                .unwrap_err()
+                .to_string()
+                .contains("metadata.name")
+        );
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}});
-        assert!(parse_profile(pod, "p").unwrap_err().to_string().contains("expected a kubeflow.org Profile"));
+        assert!(
+            parse_profile(pod, "p")
+                .unwrap_err()
+                .to_string()
+                .contains("expected a kubeflow.org Profile")
+        );
     }
 }

@@ -26,7 +26,11 @@ pub enum ConfigError {
         source: serde_yaml::Error,
     },
     #[error("invalid config file {path}: {key}: {reason}")]
-    Value { path: String, key: &'static str, reason: String },
+    Value {
+        path: String,
+        key: &'static str,
+        reason: String,
+    },
 }
 
 /// How notebooks and trials authenticate to Kubeflow Pipelines.
@@ -267,7 +271,9 @@ impl Capabilities {
     }
 
     pub fn from_group_versions<I: IntoIterator<Item = S>, S: Into<String>>(served: I) -> Self {
-        Self { served: served.into_iter().map(Into::into).collect() }
+        Self {
+            served: served.into_iter().map(Into::into).collect(),
+        }
     }
 
     pub fn serves(&self, group_version: &str) -> bool {
@@ -306,8 +312,10 @@ impl Settings {
     /// Reads a YAML settings file; unknown keys and bad values are errors naming the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::from_yaml(&text, &shown)
     }
 
@@ -325,11 +333,13 @@ impl Settings {
                 },
             )?
         };
-        settings.validate().map_err(|(key, reason)| ConfigError::Value {
-            path: origin.into(),
-            key,
-            reason,
-        })?;
+        settings
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Value {
+                path: origin.into(),
+                key,
+                reason,
+            })?;
         Ok(settings)
     }
 
@@ -340,7 +350,10 @@ impl Settings {
             ("notebookLabel", &self.notebook_label),
             ("serviceAccount", &self.service_account),
             ("mlPipeline.host", &self.ml_pipeline.host),
-            ("katib.metricsCollectorEntrypoint", &self.katib.metrics_collector_entrypoint),
+            (
+                "katib.metricsCollectorEntrypoint",
+                &self.katib.metrics_collector_entrypoint,
+            ),
             ("istio.proxyContainer", &self.istio.proxy_container),
         ];
         if let Some((key, _)) = names.iter().find(|(_, v)| v.trim().is_empty()) {
@@ -350,10 +363,16 @@ impl Settings {
             return Err(("mlPipeline.port", "must be between 1 and 65535".into()));
         }
         if self.katib.metrics_collector_containers.is_empty() {
-            return Err(("katib.metricsCollectorContainers", "must name at least one container".into()));
+            return Err((
+                "katib.metricsCollectorContainers",
+                "must name at least one container".into(),
+            ));
         }
         if self.katib.proxy_startup_timeout_seconds == 0 {
-            return Err(("katib.proxyStartupTimeoutSeconds", "must be at least 1".into()));
+            return Err((
+                "katib.proxyStartupTimeoutSeconds",
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -362,7 +381,9 @@ impl Settings {
     pub fn resolve(self, caps: &Capabilities) -> Config {
         let legacy = caps.legacy_istio();
         let modes = Modes {
-            kfp_access: self.kfp_access.decide(legacy, KfpAccess::Header, KfpAccess::Token),
+            kfp_access: self
+                .kfp_access
+                .decide(legacy, KfpAccess::Header, KfpAccess::Token),
             istio_rbac: self.istio_rbac.decide(
                 legacy,
                 IstioRbac::ServiceRoleBinding,
@@ -379,18 +400,30 @@ impl Settings {
                 ProxyShutdown::Quitquitquit,
             ),
         };
-        Config { settings: self, modes }
+        Config {
+            settings: self,
+            modes,
+        }
     }
 }
 
 impl Config {
     /// Path of the KFP token file inside the mount.
     pub fn token_file(&self) -> String {
-        format!("{}/token", self.settings.ml_pipeline.token_mount_path.trim_end_matches('/'))
+        format!(
+            "{}/token",
+            self.settings
+                .ml_pipeline
+                .token_mount_path
+                .trim_end_matches('/')
+        )
     }
 
     pub fn namespace_excluded(&self, namespace: &str) -> bool {
-        self.settings.excluded_namespaces.iter().any(|n| n == namespace)
+        self.settings
+            .excluded_namespaces
+            .iter()
+            .any(|n| n == namespace)
     }
 }
 
@@ -400,7 +433,9 @@ mod tests {
 
     #[test]
     fn empty_file_gives_defaults_and_offline_auto_is_modern() {
-        let config = Settings::from_yaml("", "test").unwrap().resolve(&Capabilities::modern());
+        let config = Settings::from_yaml("", "test")
+            .unwrap()
+            .resolve(&Capabilities::modern());
         assert_eq!(config.settings.kubeflow_namespace, "kubeflow");
         assert_eq!(config.settings.ml_pipeline.port, 8888);
         assert_eq!(
@@ -412,12 +447,16 @@ mod tests {
                 proxy_shutdown: ProxyShutdown::Quitquitquit,
             }
         );
-        assert_eq!(config.token_file(), "/var/run/secrets/kubeflow/pipelines/token");
+        assert_eq!(
+            config.token_file(),
+            "/var/run/secrets/kubeflow/pipelines/token"
+        );
     }
 
     #[test]
     fn auto_on_legacy_istio_picks_the_prototype_recipe() {
-        let caps = Capabilities::from_group_versions([LEGACY_ISTIO_RBAC, "security.istio.io/v1beta1"]);
+        let caps =
+            Capabilities::from_group_versions([LEGACY_ISTIO_RBAC, "security.istio.io/v1beta1"]);
         let modes = Settings::default().resolve(&caps).modes;
         assert_eq!(modes.kfp_access, KfpAccess::Header);
         assert_eq!(modes.istio_rbac, IstioRbac::ServiceRoleBinding);
@@ -465,16 +504,25 @@ katib:
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let err = Settings::from_yaml("katib:\n  sleepSecs: 3\n", "cfg.yaml").unwrap_err().to_string();
+        let err = Settings::from_yaml("katib:\n  sleepSecs: 3\n", "cfg.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sleepSecs"), "{err}");
         assert!(err.contains("cfg.yaml"), "{err}");
     }
 
     #[test]
     fn bad_value_is_an_error_naming_the_key() {
-        let err = Settings::from_yaml("kfpAccess: cookies\n", "c").unwrap_err().to_string();
-        assert!(err.contains("kfpAccess") && err.contains("cookies"), "{err}");
-        let err = Settings::from_yaml("mlPipeline:\n  port: 0\n", "c").unwrap_err().to_string();
+        let err = Settings::from_yaml("kfpAccess: cookies\n", "c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kfpAccess") && err.contains("cookies"),
+            "{err}"
+        );
+        let err = Settings::from_yaml("mlPipeline:\n  port: 0\n", "c")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mlPipeline.port"), "{err}");
     }
 }

@@ -61,9 +61,15 @@ const BASELINE_NAMESPACE: &str = "kube-system";
 const WAIT: Duration = Duration::from_secs(60);
 
 pub async fn run(options: DemoOptions) -> Result<()> {
-    let DemoOptions { kubeconfig, testenv, crds, settings } = options;
+    let DemoOptions {
+        kubeconfig,
+        testenv,
+        crds,
+        settings,
+    } = options;
     let work = std::env::temp_dir().join(format!("tenancy-fixer-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| DemoError::Setup(format!("{}: {e}", work.display())))?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| DemoError::Setup(format!("{}: {e}", work.display())))?;
 
     // Dropped last: stops testenv after everything else.
     let (_testenv, client) = match &kubeconfig {
@@ -74,7 +80,12 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         None => {
             let crd_dir = gather_crds(&crds, &work.join("crds"))?;
             let started = Instant::now();
-            let testenv = Testenv::start(&testenv, &work.join("testenv"), &crd_dir, Duration::from_secs(180))?;
+            let testenv = Testenv::start(
+                &testenv,
+                &work.join("testenv"),
+                &crd_dir,
+                Duration::from_secs(180),
+            )?;
             println!(
                 "• control plane: testenv (etcd + kube-apiserver + GC/namespace controllers) at {}, ready in {:.1}s",
                 testenv.server,
@@ -93,8 +104,14 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     );
 
     let tls = WebhookTls::generate(&work)?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| DemoError::Setup(e.to_string()))?;
-    let url = format!("https://{}", listener.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?);
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| DemoError::Setup(e.to_string()))?;
+    let url = format!(
+        "https://{}",
+        listener
+            .local_addr()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+    );
     let stop = Arc::new(tokio::sync::Notify::new());
     let server = tokio::spawn(webhook::serve_listener(
         listener,
@@ -124,7 +141,9 @@ pub async fn run(options: DemoOptions) -> Result<()> {
 
 /// Copies the CRD files of every directory into one, for testenv.
 fn gather_crds(dirs: &[PathBuf], into: &std::path::Path) -> Result<PathBuf> {
-    let fail = |path: &std::path::Path, e: std::io::Error| DemoError::Setup(format!("{}: {e}", path.display()));
+    let fail = |path: &std::path::Path, e: std::io::Error| {
+        DemoError::Setup(format!("{}: {e}", path.display()))
+    };
     std::fs::create_dir_all(into).map_err(|e| fail(into, e))?;
     for dir in dirs {
         for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e))? {
@@ -160,7 +179,8 @@ async fn narrate(client: &Client, config: &Config) -> Result<()> {
     // Drift: someone deletes one; the controller puts it back.
     let victim = &kept[0];
     let api = api_of(client, victim);
-    api.delete(&victim.name_any(), &DeleteParams::default()).await?;
+    api.delete(&victim.name_any(), &DeleteParams::default())
+        .await?;
     let started = Instant::now();
     let restored = local::poll(WAIT, || async {
         let found = api.get_opt(&victim.name_any()).await.ok()??;
@@ -215,7 +235,10 @@ async fn narrate(client: &Client, config: &Config) -> Result<()> {
 
     // The pod as the Job controller, Katib's collector injection and Istio's injector make it.
     let template = &job["spec"]["template"];
-    let mut containers = template["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let mut containers = template["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     containers.push(json!({"name": "metrics-logger-and-collector", "image": "docker.io/kubeflowkatib/file-metrics-collector",
         "args": ["-t", "random-exp-trial-1", "-m", "accuracy", "-s-db", "katib-db-manager.kubeflow:6789", "-path", "/var/log/katib/metrics.log"]}));
     containers.push(json!({"name": "istio-proxy", "image": "docker.io/istio/proxyv2", "args": ["proxy", "sidecar"]}));
@@ -244,7 +267,12 @@ async fn narrate(client: &Client, config: &Config) -> Result<()> {
         "metadata": {"name": "someone-elses-pod", "labels": {"kubeflow-extension": "true"}},
         "spec": {"serviceAccountName": "default-editor", "containers": [{"name": "main", "image": "busybox"}]},
     });
-    show("Pod claiming the extension label by itself (reserved)", client, &plain).await?;
+    show(
+        "Pod claiming the extension label by itself (reserved)",
+        client,
+        &plain,
+    )
+    .await?;
     Ok(())
 }
 
@@ -287,7 +315,14 @@ fn comparable(stored: &Value) -> Value {
     }
     let mut value = stored.clone();
     if let Some(Value::Object(meta)) = value.get_mut("metadata") {
-        for key in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "namespace", "generation"] {
+        for key in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+            "namespace",
+            "generation",
+        ] {
             meta.remove(key);
         }
     }
@@ -298,7 +333,9 @@ fn comparable(stored: &Value) -> Value {
 fn print_operation(operation: &json_patch::PatchOperation) {
     let (word, path, value) = match operation {
         json_patch::PatchOperation::Add(op) => ("add", op.path.to_string(), Some(&op.value)),
-        json_patch::PatchOperation::Replace(op) => ("replace", op.path.to_string(), Some(&op.value)),
+        json_patch::PatchOperation::Replace(op) => {
+            ("replace", op.path.to_string(), Some(&op.value))
+        }
         json_patch::PatchOperation::Remove(op) => ("remove", op.path.to_string(), None),
         other => ("other", format!("{other:?}"), None),
     };
@@ -328,7 +365,11 @@ fn api_of(client: &Client, object: &DynamicObject) -> Api<DynamicObject> {
         .into_iter()
         .find(|k| k.gvk().kind == kind_of(object))
         .expect("a managed kind");
-    Api::namespaced_with(client.clone(), &object.namespace().unwrap_or_default(), &kind.api_resource())
+    Api::namespaced_with(
+        client.clone(),
+        &object.namespace().unwrap_or_default(),
+        &kind.api_resource(),
+    )
 }
 
 /// Waits for the controller's objects for the demo profile.
@@ -339,11 +380,14 @@ async fn kept_objects(client: &Client, config: &Config) -> Result<Vec<DynamicObj
             Home::Kubeflow => config.settings.kubeflow_namespace.clone(),
             Home::Profile => PROFILE.to_string(),
         };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &kind.api_resource());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &namespace, &kind.api_resource());
         let name = kind.object_name(PROFILE, config);
         let object = local::poll(WAIT, || async { api.get_opt(&name).await.ok()? })
             .await
-            .ok_or_else(|| DemoError::Setup(format!("{kind:?} {namespace}/{name} did not appear")))?;
+            .ok_or_else(|| {
+                DemoError::Setup(format!("{kind:?} {namespace}/{name} did not appear"))
+            })?;
         kept.push(object);
     }
     Ok(kept)
@@ -356,7 +400,12 @@ fn print_object(object: &DynamicObject) {
         "metadata": {"name": object.name_any(), "namespace": object.namespace(), "labels": object.labels()},
         "spec": object.data.get("spec"),
     });
-    println!("--- {} {}/{}", kind_of(object), object.namespace().unwrap_or_default(), object.name_any());
+    println!(
+        "--- {} {}/{}",
+        kind_of(object),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
     for line in serde_yaml::to_string(&shown).unwrap_or_default().lines() {
         println!("   {line}");
     }
@@ -365,9 +414,17 @@ fn print_object(object: &DynamicObject) {
 
 /// Removes what the demo created (matters when it ran against a real cluster).
 async fn cleanup(client: &Client) {
-    use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace};
+    use k8s_openapi::api::{
+        admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
+    };
     let dp = DeleteParams::default();
-    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone()).delete(WEBHOOK_CONFIGURATION_NAME, &dp).await;
-    let _ = Api::<crate::model::Profile>::all(client.clone()).delete(PROFILE, &dp).await;
-    let _ = Api::<Namespace>::all(client.clone()).delete(PROFILE, &dp).await;
+    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(WEBHOOK_CONFIGURATION_NAME, &dp)
+        .await;
+    let _ = Api::<crate::model::Profile>::all(client.clone())
+        .delete(PROFILE, &dp)
+        .await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(PROFILE, &dp)
+        .await;
 }

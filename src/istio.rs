@@ -108,12 +108,20 @@ impl ManagedKind {
 
 /// The profile's owner as KFP knows the user ("" when the Profile names none).
 pub fn owner_of(profile: &Profile) -> &str {
-    profile.spec.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("")
+    profile
+        .spec
+        .owner
+        .as_ref()
+        .map(|o| o.name.as_str())
+        .unwrap_or("")
 }
 
 /// The Istio principal of the profile namespace's editor account.
 pub fn principal(namespace: &str, config: &Config) -> String {
-    format!("cluster.local/ns/{namespace}/sa/{}", config.settings.service_account)
+    format!(
+        "cluster.local/ns/{namespace}/sa/{}",
+        config.settings.service_account
+    )
 }
 
 /// Every object the configured mode keeps for `profile`, in a stable order.
@@ -220,9 +228,15 @@ fn owner_reference(profile: &Profile) -> Option<OwnerReference> {
 /// would not remove anyway) and lists as a whole (apply replaces them). Used to skip writes
 /// when nothing changed, and never to loop on fields we do not own.
 pub fn is_up_to_date(actual: &DynamicObject, desired: &DynamicObject) -> bool {
-    let labels_kept = desired.labels().iter().all(|(k, v)| actual.labels().get(k) == Some(v));
+    let labels_kept = desired
+        .labels()
+        .iter()
+        .all(|(k, v)| actual.labels().get(k) == Some(v));
     let owners_kept = desired.owner_references().iter().all(|o| {
-        actual.owner_references().iter().any(|a| a.uid == o.uid && a.kind == o.kind)
+        actual
+            .owner_references()
+            .iter()
+            .any(|a| a.uid == o.uid && a.kind == o.kind)
     });
     let spec_kept = match (actual.data.get("spec"), desired.data.get("spec")) {
         (Some(actual), Some(desired)) => merged_into(actual, desired),
@@ -235,9 +249,9 @@ pub fn is_up_to_date(actual: &DynamicObject, desired: &DynamicObject) -> bool {
 /// Is every key of `desired` in `actual` with the same value (recursively for maps)?
 fn merged_into(actual: &serde_json::Value, desired: &serde_json::Value) -> bool {
     match (actual, desired) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(d)) => {
-            d.iter().all(|(k, dv)| a.get(k).is_some_and(|av| merged_into(av, dv)))
-        }
+        (serde_json::Value::Object(a), serde_json::Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| a.get(k).is_some_and(|av| merged_into(av, dv))),
         _ => actual == desired,
     }
 }
@@ -263,22 +277,35 @@ mod tests {
     fn profile(name: &str, owner: &str) -> Profile {
         let mut p = Profile::new(
             name,
-            ProfileSpec { owner: Some(ProfileOwner { kind: "User".into(), name: owner.into() }) },
+            ProfileSpec {
+                owner: Some(ProfileOwner {
+                    kind: "User".into(),
+                    name: owner.into(),
+                }),
+            },
         );
         p.metadata.uid = Some("uid-1".into());
         p
     }
 
     fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t").unwrap().resolve(&Capabilities::modern())
+        Settings::from_yaml(yaml, "t")
+            .unwrap()
+            .resolve(&Capabilities::modern())
     }
 
     #[test]
     fn header_mode_with_authorization_policy() {
-        let objects = desired_objects(&profile("alice", "alice@example.com"), &config("kfpAccess: header"));
+        let objects = desired_objects(
+            &profile("alice", "alice@example.com"),
+            &config("kfpAccess: header"),
+        );
         assert_eq!(objects.len(), 2);
         let ap = &objects[0];
-        assert_eq!(ap.types.as_ref().unwrap().api_version, "security.istio.io/v1");
+        assert_eq!(
+            ap.types.as_ref().unwrap().api_version,
+            "security.istio.io/v1"
+        );
         assert_eq!(ap.types.as_ref().unwrap().kind, "AuthorizationPolicy");
         assert_eq!(ap.metadata.namespace.as_deref(), Some("kubeflow"));
         assert_eq!(ap.metadata.name.as_deref(), Some("bind-ml-pipeline-alice"));
@@ -291,7 +318,10 @@ mod tests {
             })
         );
         let ef = &objects[1];
-        assert_eq!(ef.types.as_ref().unwrap().api_version, "networking.istio.io/v1alpha3");
+        assert_eq!(
+            ef.types.as_ref().unwrap().api_version,
+            "networking.istio.io/v1alpha3"
+        );
         assert_eq!(ef.metadata.namespace.as_deref(), Some("alice"));
         let patch = &ef.data["spec"]["configPatches"][0];
         assert_eq!(patch["applyTo"], "VIRTUAL_HOST");
@@ -300,18 +330,27 @@ mod tests {
             patch["match"]["routeConfiguration"]["vhost"]["name"],
             "ml-pipeline.kubeflow.svc.cluster.local:8888"
         );
-        assert_eq!(patch["match"]["routeConfiguration"]["vhost"]["route"]["name"], "default");
+        assert_eq!(
+            patch["match"]["routeConfiguration"]["vhost"]["route"]["name"],
+            "default"
+        );
         assert_eq!(patch["patch"]["operation"], "MERGE");
         assert_eq!(
             patch["patch"]["value"]["request_headers_to_add"][0]["header"],
             json!({"key": "kubeflow-userid", "value": "alice@example.com"})
         );
-        assert_eq!(ef.data["spec"]["workloadSelector"], json!({"labels": {"kubeflow-extension": "true"}}));
+        assert_eq!(
+            ef.data["spec"]["workloadSelector"],
+            json!({"labels": {"kubeflow-extension": "true"}})
+        );
         for o in &objects {
             assert_eq!(o.labels()[MANAGED_BY_LABEL], MANAGED_BY);
             assert_eq!(o.labels()[PROFILE_LABEL], "alice");
             let owner = &o.owner_references()[0];
-            assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Profile", "uid-1"));
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("Profile", "uid-1")
+            );
             assert_eq!(owner.api_version, "kubeflow.org/v1");
         }
     }
@@ -323,7 +362,10 @@ mod tests {
             &config("kfpAccess: header\nistioRbac: service-role-binding"),
         );
         let srb = &objects[0];
-        assert_eq!(srb.types.as_ref().unwrap().api_version, "rbac.istio.io/v1alpha1");
+        assert_eq!(
+            srb.types.as_ref().unwrap().api_version,
+            "rbac.istio.io/v1alpha1"
+        );
         assert_eq!(srb.types.as_ref().unwrap().kind, "ServiceRoleBinding");
         assert_eq!(srb.metadata.name.as_deref(), Some("bind-ml-pipeline-bob"));
         assert_eq!(
@@ -337,16 +379,31 @@ mod tests {
 
     #[test]
     fn token_mode_keeps_a_pod_default() {
-        let objects = desired_objects(&profile("carol", "carol@example.com"), &config("kfpAccess: token"));
+        let objects = desired_objects(
+            &profile("carol", "carol@example.com"),
+            &config("kfpAccess: token"),
+        );
         assert_eq!(objects.len(), 1);
         let pd = &objects[0];
-        assert_eq!(pd.types.as_ref().unwrap().api_version, "kubeflow.org/v1alpha1");
+        assert_eq!(
+            pd.types.as_ref().unwrap().api_version,
+            "kubeflow.org/v1alpha1"
+        );
         assert_eq!(pd.metadata.name.as_deref(), Some("access-ml-pipeline"));
         assert_eq!(pd.metadata.namespace.as_deref(), Some("carol"));
         let spec = &pd.data["spec"];
-        assert_eq!(spec["selector"], json!({"matchLabels": {"access-ml-pipeline": "true"}}));
-        assert_eq!(spec["env"][0], json!({"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": "/var/run/secrets/kubeflow/pipelines/token"}));
-        assert_eq!(spec["volumeMounts"][0]["mountPath"], "/var/run/secrets/kubeflow/pipelines");
+        assert_eq!(
+            spec["selector"],
+            json!({"matchLabels": {"access-ml-pipeline": "true"}})
+        );
+        assert_eq!(
+            spec["env"][0],
+            json!({"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": "/var/run/secrets/kubeflow/pipelines/token"})
+        );
+        assert_eq!(
+            spec["volumeMounts"][0]["mountPath"],
+            "/var/run/secrets/kubeflow/pipelines"
+        );
         assert_eq!(
             spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"],
             json!({"path": "token", "expirationSeconds": 7200, "audience": "pipelines.kubeflow.org"})
@@ -386,7 +443,10 @@ mod tests {
         stored.data["spec"]["action"] = json!("DENY");
         assert!(!is_up_to_date(&stored, &desired));
         let mut stored = desired.clone();
-        stored.data["spec"]["rules"][0]["from"].as_array_mut().unwrap().push(json!({"source": {}}));
+        stored.data["spec"]["rules"][0]["from"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"source": {}}));
         assert!(!is_up_to_date(&stored, &desired));
     }
 
@@ -396,9 +456,19 @@ mod tests {
         let desired = desired_objects(&profile("alice", "a@x"), &c).remove(1);
         let mut stored = desired.clone();
         stored.metadata.resource_version = Some("42".into());
-        stored.metadata.labels.as_mut().unwrap().insert("extra".into(), "x".into());
+        stored
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), "x".into());
         assert!(is_up_to_date(&stored, &desired));
-        stored.metadata.labels.as_mut().unwrap().remove(PROFILE_LABEL);
+        stored
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(PROFILE_LABEL);
         assert!(!is_up_to_date(&stored, &desired));
     }
 }

@@ -82,12 +82,18 @@ impl Testenv {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|source| LocalError::Spawn { what: binary.display().to_string(), source })?;
+            .map_err(|source| LocalError::Spawn {
+                what: binary.display().to_string(),
+                source,
+            })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let line = wait_for_line(stdout, READY_MARKER, timeout)
             .ok_or_else(|| LocalError::NotReady(format!("testenv (logs in {})", dir.display())))?;
         let field = |key: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_default().to_string()
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_default()
+                .to_string()
         };
         Ok(Self {
             kubeconfig: PathBuf::from(field("kubeconfig=")),
@@ -110,7 +116,10 @@ impl Drop for Testenv {
 }
 
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
-    let error = |message: String| LocalError::Kubeconfig { path: path.into(), message };
+    let error = |message: String| LocalError::Kubeconfig {
+        path: path.into(),
+        message,
+    };
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| error(e.to_string()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -120,7 +129,11 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
 
 /// Reads `out` on a thread until a line contains `marker` (returned); every other line is
 /// echoed to stderr, also after the marker, so the child never blocks on a full pipe.
-pub fn wait_for_line(out: impl Read + Send + 'static, marker: &str, timeout: Duration) -> Option<String> {
+pub fn wait_for_line(
+    out: impl Read + Send + 'static,
+    marker: &str,
+    timeout: Duration,
+) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     let marker = marker.to_string();
     std::thread::spawn(move || {
@@ -150,16 +163,27 @@ impl WebhookTls {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "tenancy-fixer local CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tenancy-fixer local CA");
         let ca = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
         let cert = params.signed_by(&key, &issuer)?;
-        let tls = Self { ca_pem: ca.pem(), cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+        let tls = Self {
+            ca_pem: ca.pem(),
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
         for (path, pem) in [(&tls.cert, cert.pem()), (&tls.key, key.serialize_pem())] {
-            std::fs::write(path, pem).map_err(|source| LocalError::File { path: path.clone(), source })?;
+            std::fs::write(path, pem).map_err(|source| LocalError::File {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(tls)
     }
@@ -171,8 +195,19 @@ const PROBE_NAMESPACE: &str = "tenancy-fixer-probe";
 /// Registers the webhook at `url` (failurePolicy Ignore) and waits until the API server calls
 /// it: configuration changes reach the admission chain asynchronously, so a dry-run notebook
 /// pod is created until it comes back labelled.
-pub async fn register_webhook(client: &Client, url: &str, ca_pem: &str, config: &Config, timeout: Duration) -> Result<()> {
-    let mwc = webhook_configuration(&Endpoint::Url(url.into()), ca_pem.as_bytes(), FailurePolicy::Ignore, config);
+pub async fn register_webhook(
+    client: &Client,
+    url: &str,
+    ca_pem: &str,
+    config: &Config,
+    timeout: Duration,
+) -> Result<()> {
+    let mwc = webhook_configuration(
+        &Endpoint::Url(url.into()),
+        ca_pem.as_bytes(),
+        FailurePolicy::Ignore,
+        config,
+    );
     let apply = PatchParams::apply("tenancy-fixer-local").force();
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .patch(&mwc.name_any(), &apply, &Patch::Apply(&mwc))
@@ -184,12 +219,21 @@ pub async fn register_webhook(client: &Client, url: &str, ca_pem: &str, config: 
     }))
     .expect("static pod manifest");
     let pods: Api<Pod> = Api::namespaced(client.clone(), PROBE_NAMESPACE);
-    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
     let start = Instant::now();
     let mut last = String::from("no attempt");
     while start.elapsed() < timeout {
         match pods.create(&dry_run, &probe).await {
-            Ok(pod) if pod.labels().get(&config.settings.extension_label).map(String::as_str) == Some("true") => {
+            Ok(pod)
+                if pod
+                    .labels()
+                    .get(&config.settings.extension_label)
+                    .map(String::as_str)
+                    == Some("true") =>
+            {
                 return Ok(());
             }
             Ok(_) => last = "probe pod admitted without our label".into(),
@@ -204,13 +248,21 @@ pub async fn register_webhook(client: &Client, url: &str, ca_pem: &str, config: 
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
     let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
     Api::<Namespace>::all(client.clone())
-        .patch(name, &PatchParams::apply("tenancy-fixer-local"), &Patch::Apply(&namespace))
+        .patch(
+            name,
+            &PatchParams::apply("tenancy-fixer-local"),
+            &Patch::Apply(&namespace),
+        )
         .await?;
     Ok(())
 }
 
 /// The API of a manifest's kind (by discovery), in `namespace` (None: cluster-scoped).
-pub async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value) -> Result<Api<DynamicObject>> {
+pub async fn api_for(
+    client: &Client,
+    namespace: Option<&str>,
+    manifest: &Value,
+) -> Result<Api<DynamicObject>> {
     let api_version = manifest["apiVersion"].as_str().unwrap_or("");
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, manifest["kind"].as_str().unwrap_or(""));
@@ -222,10 +274,22 @@ pub async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value)
 }
 
 /// Creates a manifest of any kind (optionally as a dry run) and returns it as stored.
-pub async fn create(client: &Client, namespace: Option<&str>, manifest: &Value, dry_run: bool) -> Result<Value> {
-    let object: DynamicObject = serde_json::from_value(manifest.clone()).map_err(LocalError::Manifest)?;
-    let params = PostParams { dry_run, ..PostParams::default() };
-    let stored = api_for(client, namespace, manifest).await?.create(&params, &object).await?;
+pub async fn create(
+    client: &Client,
+    namespace: Option<&str>,
+    manifest: &Value,
+    dry_run: bool,
+) -> Result<Value> {
+    let object: DynamicObject =
+        serde_json::from_value(manifest.clone()).map_err(LocalError::Manifest)?;
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    let stored = api_for(client, namespace, manifest)
+        .await?
+        .create(&params, &object)
+        .await?;
     serde_json::to_value(stored).map_err(LocalError::Manifest)
 }
 

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use kube::Resource;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -24,7 +23,9 @@ use k8s_openapi::{
             ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
             ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, WeightedPodAffinityTerm,
         },
-        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject},
+        rbac::v1::{
+            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -32,6 +33,7 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
+use kube::Resource;
 
 use crate::{
     config::{Capabilities, Config, Settings},
@@ -46,7 +48,11 @@ pub const WEBHOOK_CONFIGURATION_NAME: &str = "tenancy-fixer";
 #[derive(Clone, Debug)]
 pub enum Endpoint {
     /// In-cluster: a Service in front of the Deployment.
-    Service { namespace: String, name: String, port: i32 },
+    Service {
+        namespace: String,
+        name: String,
+        port: i32,
+    },
     /// Out of cluster (tests, local demo): `https://host:port`.
     Url(String),
 }
@@ -67,7 +73,11 @@ pub fn webhook_configuration(
 ) -> MutatingWebhookConfiguration {
     let webhook = |name: &str, path: &str, group: &str, versions: &[&str], resource: &str| {
         let client_config = match endpoint {
-            Endpoint::Service { namespace, name, port } => WebhookClientConfig {
+            Endpoint::Service {
+                namespace,
+                name,
+                port,
+            } => WebhookClientConfig {
                 service: Some(ServiceReference {
                     namespace: namespace.clone(),
                     name: name.clone(),
@@ -121,14 +131,24 @@ pub fn webhook_configuration(
         metadata: ObjectMeta {
             name: Some(WEBHOOK_CONFIGURATION_NAME.into()),
             labels: Some(
-                [(crate::istio::MANAGED_BY_LABEL.to_string(), crate::istio::MANAGED_BY.to_string())].into(),
+                [(
+                    crate::istio::MANAGED_BY_LABEL.to_string(),
+                    crate::istio::MANAGED_BY.to_string(),
+                )]
+                .into(),
             ),
             ..ObjectMeta::default()
         },
         webhooks: Some(vec![
             webhook("pods", "/mutate/pods", "", &["v1"], "pods"),
             webhook("jobs", "/mutate/jobs", "batch", &["v1"], "jobs"),
-            webhook("trials", "/mutate/trials", TRIAL_GROUP, &["v1beta1", "v1alpha3"], "trials"),
+            webhook(
+                "trials",
+                "/mutate/trials",
+                TRIAL_GROUP,
+                &["v1beta1", "v1alpha3"],
+                "trials",
+            ),
         ]),
     }
 }
@@ -188,20 +208,33 @@ impl Default for Install {
 /// Namespace, ServiceAccount, RBAC, ConfigMap, (cert-manager Issuer and Certificate,) Service,
 /// Deployment and the MutatingWebhookConfiguration.
 pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error> {
-    let Install { image, ca_bundle, cert_manager, failure_policy, settings } = install;
+    let Install {
+        image,
+        ca_bundle,
+        cert_manager,
+        failure_policy,
+        settings,
+    } = install;
     let mut out = String::from(INSTALL_HEADER);
-    let mut doc = |comment: Option<&str>, object: &dyn erased::Yaml| -> Result<(), serde_yaml::Error> {
-        out.push_str("---\n");
-        for line in comment.into_iter().flat_map(str::lines) {
-            out.push_str("# ");
-            out.push_str(line);
-            out.push('\n');
-        }
-        out.push_str(&object.to_yaml()?);
-        Ok(())
-    };
+    let mut doc =
+        |comment: Option<&str>, object: &dyn erased::Yaml| -> Result<(), serde_yaml::Error> {
+            out.push_str("---\n");
+            for line in comment.into_iter().flat_map(str::lines) {
+                out.push_str("# ");
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push_str(&object.to_yaml()?);
+            Ok(())
+        };
     doc(None, &namespace())?;
-    doc(None, &ServiceAccount { metadata: meta(NAME, Some(NAMESPACE)), ..ServiceAccount::default() })?;
+    doc(
+        None,
+        &ServiceAccount {
+            metadata: meta(NAME, Some(NAMESPACE)),
+            ..ServiceAccount::default()
+        },
+    )?;
     doc(
         Some(
             "Cluster-wide: what the profile controller reads and writes. API discovery needs no rule\n\
@@ -209,42 +242,79 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error>
         ),
         &cluster_role(),
     )?;
-    doc(None, &ClusterRoleBinding {
-        metadata: meta(NAME, None),
-        role_ref: RoleRef { api_group: Some(RBAC_GROUP.into()), kind: "ClusterRole".into(), name: NAME.into() },
-        subjects: Some(vec![service_account_subject()]),
-    })?;
+    doc(
+        None,
+        &ClusterRoleBinding {
+            metadata: meta(NAME, None),
+            role_ref: RoleRef {
+                api_group: Some(RBAC_GROUP.into()),
+                kind: "ClusterRole".into(),
+                name: NAME.into(),
+            },
+            subjects: Some(vec![service_account_subject()]),
+        },
+    )?;
     let election = "Leader election: only the Lease holder runs the controller; every replica serves admission.";
     doc(Some(election), &lease_role())?;
-    doc(None, &RoleBinding {
-        metadata: meta(NAME, Some(NAMESPACE)),
-        role_ref: RoleRef { api_group: Some(RBAC_GROUP.into()), kind: "Role".into(), name: NAME.into() },
-        subjects: Some(vec![service_account_subject()]),
-    })?;
-    doc(None, &ConfigMap {
-        metadata: meta(NAME, Some(NAMESPACE)),
-        data: Some([(CONFIG_KEY.to_string(), serde_yaml::to_string(settings)?)].into()),
-        ..ConfigMap::default()
-    })?;
+    doc(
+        None,
+        &RoleBinding {
+            metadata: meta(NAME, Some(NAMESPACE)),
+            role_ref: RoleRef {
+                api_group: Some(RBAC_GROUP.into()),
+                kind: "Role".into(),
+                name: NAME.into(),
+            },
+            subjects: Some(vec![service_account_subject()]),
+        },
+    )?;
+    doc(
+        None,
+        &ConfigMap {
+            metadata: meta(NAME, Some(NAMESPACE)),
+            data: Some([(CONFIG_KEY.to_string(), serde_yaml::to_string(settings)?)].into()),
+            ..ConfigMap::default()
+        },
+    )?;
     if *cert_manager {
         let (issuer, certificate) = cert_manager_objects();
-        doc(Some("cert-manager: a self-signed serving certificate in the Secret the Deployment mounts."), &issuer)?;
+        doc(
+            Some(
+                "cert-manager: a self-signed serving certificate in the Secret the Deployment mounts.",
+            ),
+            &issuer,
+        )?;
         doc(None, &certificate)?;
     }
     doc(None, &service())?;
     doc(None, &deployment(image))?;
 
-    let endpoint = Endpoint::Service { namespace: NAMESPACE.into(), name: NAME.into(), port: 443 };
+    let endpoint = Endpoint::Service {
+        namespace: NAMESPACE.into(),
+        name: NAME.into(),
+        port: 443,
+    };
     let config = settings.clone().resolve(&Capabilities::modern());
-    let mut webhooks =
-        webhook_configuration(&endpoint, ca_bundle.as_deref().unwrap_or_default(), *failure_policy, &config);
-    webhooks.metadata.labels.get_or_insert_default().extend(labels());
+    let mut webhooks = webhook_configuration(
+        &endpoint,
+        ca_bundle.as_deref().unwrap_or_default(),
+        *failure_policy,
+        &config,
+    );
+    webhooks
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .extend(labels());
     let comment = match (ca_bundle, cert_manager) {
         (Some(_), _) => None,
         (None, true) => {
             let certificate = format!("{NAMESPACE}/{TLS_SECRET}");
-            webhooks.metadata.annotations = Some([(INJECT_CA_FROM.to_string(), certificate)].into());
-            Some(format!("caBundle is filled by cert-manager's cainjector (annotation {INJECT_CA_FROM})."))
+            webhooks.metadata.annotations =
+                Some([(INJECT_CA_FROM.to_string(), certificate)].into());
+            Some(format!(
+                "caBundle is filled by cert-manager's cainjector (annotation {INJECT_CA_FROM})."
+            ))
         }
         (None, false) => Some(format!(
             "caBundle is empty: render with `--ca-bundle ca.crt` (the CA that signed {TLS_SECRET}), or let\n\
@@ -285,8 +355,14 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
 fn namespace() -> Namespace {
     let mut metadata = meta(NAMESPACE, None);
     // The Deployment meets the restricted Pod Security Standard; enforce it.
-    metadata.labels.get_or_insert_default().insert("pod-security.kubernetes.io/enforce".into(), "restricted".into());
-    Namespace { metadata, ..Namespace::default() }
+    metadata.labels.get_or_insert_default().insert(
+        "pod-security.kubernetes.io/enforce".into(),
+        "restricted".into(),
+    );
+    Namespace {
+        metadata,
+        ..Namespace::default()
+    }
 }
 
 fn service_account_subject() -> Subject {
@@ -313,7 +389,11 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// cleans them up).
 pub fn cluster_role() -> ClusterRole {
     let mut rules = vec![
-        rule(&Profile::group(&()), &[&Profile::plural(&())], &["get", "list", "watch", "patch"]),
+        rule(
+            &Profile::group(&()),
+            &[&Profile::plural(&())],
+            &["get", "list", "watch", "patch"],
+        ),
         rule("", &["namespaces"], &["get", "list", "watch"]),
     ];
     for kind in ManagedKind::ALL {
@@ -324,7 +404,11 @@ pub fn cluster_role() -> ClusterRole {
             &["get", "list", "watch", "create", "patch", "delete"],
         ));
     }
-    ClusterRole { metadata: meta(NAME, None), rules: Some(rules), aggregation_rule: None }
+    ClusterRole {
+        metadata: meta(NAME, None),
+        rules: Some(rules),
+        aggregation_rule: None,
+    }
 }
 
 /// The Lease of leader election, in our namespace: `create` cannot be limited to a name.
@@ -333,7 +417,10 @@ pub fn lease_role() -> Role {
     named.resource_names = Some(vec![NAME.into()]);
     Role {
         metadata: meta(NAME, Some(NAMESPACE)),
-        rules: Some(vec![rule("coordination.k8s.io", &["leases"], &["create"]), named]),
+        rules: Some(vec![
+            rule("coordination.k8s.io", &["leases"], &["create"]),
+            named,
+        ]),
     }
 }
 
@@ -380,7 +467,10 @@ fn deployment(image: &str) -> Deployment {
     let downward = |name: &str, field: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: field.into(), api_version: None }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                api_version: None,
+            }),
             ..EnvVarSource::default()
         }),
         value: None,
@@ -413,7 +503,10 @@ fn deployment(image: &str) -> Deployment {
             "--leader-elect".into(),
         ]),
         // The Lease's namespace and this replica's identity in it.
-        env: Some(vec![downward("POD_NAME", "metadata.name"), downward("POD_NAMESPACE", "metadata.namespace")]),
+        env: Some(vec![
+            downward("POD_NAME", "metadata.name"),
+            downward("POD_NAMESPACE", "metadata.namespace"),
+        ]),
         ports: Some(vec![ContainerPort {
             name: Some("https".into()),
             container_port: CONTAINER_PORT,
@@ -424,7 +517,11 @@ fn deployment(image: &str) -> Deployment {
         liveness_probe: Some(probe("/healthz", 10)),
         resources: Some(ResourceRequirements {
             requests: Some(
-                [("cpu".to_string(), Quantity("50m".into())), ("memory".to_string(), Quantity("32Mi".into()))].into(),
+                [
+                    ("cpu".to_string(), Quantity("50m".into())),
+                    ("memory".to_string(), Quantity("32Mi".into())),
+                ]
+                .into(),
             ),
             limits: Some([("memory".to_string(), Quantity("256Mi".into()))].into()),
             ..ResourceRequirements::default()
@@ -433,7 +530,10 @@ fn deployment(image: &str) -> Deployment {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities_ { drop: Some(vec!["ALL".into()]), add: None }),
+            capabilities: Some(Capabilities_ {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![mount("config", CONFIG_DIR), mount("tls", TLS_DIR)]),
@@ -446,20 +546,28 @@ fn deployment(image: &str) -> Deployment {
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS),
             run_as_group: Some(RUN_AS),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
             ..PodSecurityContext::default()
         }),
         // Replicas on different nodes where possible: a node going down keeps the webhook up.
         affinity: Some(Affinity {
             pod_anti_affinity: Some(PodAntiAffinity {
-                preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        label_selector: Some(LabelSelector { match_labels: Some(labels()), match_expressions: None }),
-                        topology_key: "kubernetes.io/hostname".into(),
-                        ..PodAffinityTerm::default()
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(labels()),
+                                match_expressions: None,
+                            }),
+                            topology_key: "kubernetes.io/hostname".into(),
+                            ..PodAffinityTerm::default()
+                        },
                     },
-                }]),
+                ]),
                 required_during_scheduling_ignored_during_execution: None,
             }),
             ..Affinity::default()
@@ -467,7 +575,10 @@ fn deployment(image: &str) -> Deployment {
         volumes: Some(vec![
             Volume {
                 name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource { name: NAME.into(), ..ConfigMapVolumeSource::default() }),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: NAME.into(),
+                    ..ConfigMapVolumeSource::default()
+                }),
                 ..Volume::default()
             },
             Volume {
@@ -485,9 +596,15 @@ fn deployment(image: &str) -> Deployment {
         metadata: meta(NAME, Some(NAMESPACE)),
         spec: Some(DeploymentSpec {
             replicas: Some(2),
-            selector: LabelSelector { match_labels: Some(labels()), match_expressions: None },
+            selector: LabelSelector {
+                match_labels: Some(labels()),
+                match_expressions: None,
+            },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels()), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels()),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(pod),
             },
             ..DeploymentSpec::default()
@@ -511,7 +628,9 @@ mod tests {
     }
 
     fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-        docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
     }
 
     #[test]
@@ -534,8 +653,16 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                "ConfigMap", "Service", "Deployment", "MutatingWebhookConfiguration",
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+                "MutatingWebhookConfiguration",
             ]
         );
         for doc in &docs[1..] {
@@ -543,7 +670,12 @@ mod tests {
                 doc["kind"].as_str(),
                 Some("ClusterRole" | "ClusterRoleBinding" | "MutatingWebhookConfiguration")
             );
-            assert_eq!(doc["metadata"]["namespace"].as_str(), namespaced.then_some(NAMESPACE), "{}", doc["kind"]);
+            assert_eq!(
+                doc["metadata"]["namespace"].as_str(),
+                namespaced.then_some(NAMESPACE),
+                "{}",
+                doc["kind"]
+            );
         }
     }
 
@@ -552,17 +684,44 @@ mod tests {
         let role = cluster_role();
         let rules = role.rules.unwrap();
         let of = |resource: &str| {
-            let rule = rules.iter().find(|r| r.resources.as_ref().unwrap().contains(&resource.to_string())).unwrap();
+            let rule = rules
+                .iter()
+                .find(|r| {
+                    r.resources
+                        .as_ref()
+                        .unwrap()
+                        .contains(&resource.to_string())
+                })
+                .unwrap();
             (rule.api_groups.clone().unwrap(), rule.verbs.join(","))
         };
-        assert_eq!(of("profiles"), (vec!["kubeflow.org".to_string()], "get,list,watch,patch".into()));
-        assert_eq!(of("namespaces"), (vec![String::new()], "get,list,watch".into()));
+        assert_eq!(
+            of("profiles"),
+            (
+                vec!["kubeflow.org".to_string()],
+                "get,list,watch,patch".into()
+            )
+        );
+        assert_eq!(
+            of("namespaces"),
+            (vec![String::new()], "get,list,watch".into())
+        );
         for kind in ManagedKind::ALL {
             let resource = kind.api_resource();
-            assert_eq!(of(&resource.plural), (vec![resource.group], "get,list,watch,create,patch,delete".into()));
+            assert_eq!(
+                of(&resource.plural),
+                (
+                    vec![resource.group],
+                    "get,list,watch,create,patch,delete".into()
+                )
+            );
         }
         assert_eq!(rules.len(), 2 + ManagedKind::ALL.len());
-        assert!(rules.iter().all(|r| r.resource_names.is_none() && r.non_resource_urls.is_none()));
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.resource_names.is_none() && r.non_resource_urls.is_none())
+        );
     }
 
     #[test]
@@ -574,16 +733,32 @@ mod tests {
         assert_eq!(pod["serviceAccountName"], NAME);
         let container = &pod["containers"][0];
         assert_eq!(container["image"], DEFAULT_IMAGE);
-        let args: Vec<_> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let args: Vec<_> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
         assert_eq!(args[0], "serve");
         assert!(args.contains(&"--leader-elect"));
         let env: Vec<_> = container["env"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["name"].as_str().unwrap(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap(),
+                    e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap(),
+                )
+            })
             .collect();
-        assert_eq!(env, [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")]);
+        assert_eq!(
+            env,
+            [
+                ("POD_NAME", "metadata.name"),
+                ("POD_NAMESPACE", "metadata.namespace")
+            ]
+        );
         for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
             assert_eq!(container[probe]["httpGet"]["path"], path);
             assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS");
@@ -593,15 +768,25 @@ mod tests {
         assert_eq!(security["runAsNonRoot"], true);
         assert_eq!(security["readOnlyRootFilesystem"], true);
         assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-        assert_eq!(container["resources"]["requests"], serde_json::json!({"cpu": "50m", "memory": "32Mi"}));
+        assert_eq!(
+            container["resources"]["requests"],
+            serde_json::json!({"cpu": "50m", "memory": "32Mi"})
+        );
         let volumes = pod["volumes"].as_array().unwrap();
-        assert!(volumes.iter().any(|v| v["secret"]["secretName"] == TLS_SECRET));
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["secret"]["secretName"] == TLS_SECRET)
+        );
         assert!(volumes.iter().any(|v| v["configMap"]["name"] == NAME));
 
         let service = find(&docs, "Service");
         assert_eq!(service["spec"]["ports"][0]["port"], 443);
         assert_eq!(service["spec"]["selector"], pod_labels(deployment));
-        let hooks = find(&docs, "MutatingWebhookConfiguration")["webhooks"].as_array().unwrap().clone();
+        let hooks = find(&docs, "MutatingWebhookConfiguration")["webhooks"]
+            .as_array()
+            .unwrap()
+            .clone();
         for hook in hooks {
             assert_eq!(hook["clientConfig"]["service"]["name"], NAME);
             assert_eq!(hook["clientConfig"]["service"]["namespace"], NAMESPACE);
@@ -618,9 +803,15 @@ mod tests {
     #[test]
     fn config_map_holds_the_settings_spelt_out() {
         let docs = documents(&install_manifests(&Install::default()).unwrap());
-        let text = find(&docs, "ConfigMap")["data"][CONFIG_KEY].as_str().unwrap().to_string();
+        let text = find(&docs, "ConfigMap")["data"][CONFIG_KEY]
+            .as_str()
+            .unwrap()
+            .to_string();
         let parsed = Settings::from_yaml(&text, "configmap").unwrap();
-        assert_eq!(serde_json::to_value(parsed).unwrap(), serde_json::to_value(Settings::default()).unwrap());
+        assert_eq!(
+            serde_json::to_value(parsed).unwrap(),
+            serde_json::to_value(Settings::default()).unwrap()
+        );
         assert!(text.contains("kfpAccess: auto"), "{text}");
     }
 
@@ -628,8 +819,15 @@ mod tests {
     fn ca_bundle_and_cert_manager_options() {
         let plain = install_manifests(&Install::default()).unwrap();
         assert!(plain.contains("# caBundle is empty"), "{plain}");
-        assert!(plain.contains(INJECT_CA_FROM), "the comment names the annotation");
-        assert!(!documents(&plain).iter().any(|d| d["metadata"]["annotations"].is_object()));
+        assert!(
+            plain.contains(INJECT_CA_FROM),
+            "the comment names the annotation"
+        );
+        assert!(
+            !documents(&plain)
+                .iter()
+                .any(|d| d["metadata"]["annotations"].is_object())
+        );
 
         let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_vec();
         let with_ca = install_manifests(&Install {
@@ -641,18 +839,32 @@ mod tests {
         assert!(!with_ca.contains("# caBundle"));
         let docs = documents(&with_ca);
         let hook = &find(&docs, "MutatingWebhookConfiguration")["webhooks"][0];
-        let bundle: ByteString = serde_json::from_value(hook["clientConfig"]["caBundle"].clone()).unwrap();
+        let bundle: ByteString =
+            serde_json::from_value(hook["clientConfig"]["caBundle"].clone()).unwrap();
         assert_eq!(bundle.0, pem);
         assert_eq!(hook["failurePolicy"], "Fail");
 
-        let managed = install_manifests(&Install { cert_manager: true, ..Install::default() }).unwrap();
+        let managed = install_manifests(&Install {
+            cert_manager: true,
+            ..Install::default()
+        })
+        .unwrap();
         let docs = documents(&managed);
         let mwc = find(&docs, "MutatingWebhookConfiguration");
-        assert_eq!(mwc["metadata"]["annotations"][INJECT_CA_FROM], format!("{NAMESPACE}/{TLS_SECRET}"));
+        assert_eq!(
+            mwc["metadata"]["annotations"][INJECT_CA_FROM],
+            format!("{NAMESPACE}/{TLS_SECRET}")
+        );
         let certificate = find(&docs, "Certificate");
         assert_eq!(certificate["spec"]["secretName"], TLS_SECRET);
-        assert_eq!(certificate["metadata"]["name"], TLS_SECRET, "the annotation names the Certificate");
-        assert_eq!(certificate["spec"]["issuerRef"]["name"], find(&docs, "Issuer")["metadata"]["name"]);
+        assert_eq!(
+            certificate["metadata"]["name"], TLS_SECRET,
+            "the annotation names the Certificate"
+        );
+        assert_eq!(
+            certificate["spec"]["issuerRef"]["name"],
+            find(&docs, "Issuer")["metadata"]["name"]
+        );
         let dns_names = certificate["spec"]["dnsNames"].as_array().unwrap();
         assert!(dns_names.contains(&Value::from("tenancy-fixer.tenancy-fixer.svc")));
     }
@@ -667,7 +879,10 @@ mod tests {
             &config,
         );
         let hooks = mwc.webhooks.unwrap();
-        let urls: Vec<_> = hooks.iter().map(|h| h.client_config.url.clone().unwrap()).collect();
+        let urls: Vec<_> = hooks
+            .iter()
+            .map(|h| h.client_config.url.clone().unwrap())
+            .collect();
         assert_eq!(
             urls,
             [
@@ -680,10 +895,25 @@ mod tests {
             assert_eq!(hook.side_effects, "None");
             assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
             assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
-            assert_eq!(hook.rules.as_ref().unwrap()[0].operations, Some(vec!["CREATE".to_string()]));
-            let excluded = &hook.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
+            assert_eq!(
+                hook.rules.as_ref().unwrap()[0].operations,
+                Some(vec!["CREATE".to_string()])
+            );
+            let excluded = &hook
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_expressions
+                .as_ref()
+                .unwrap()[0];
             assert_eq!(excluded.operator, "NotIn");
-            assert!(excluded.values.as_ref().unwrap().contains(&"kube-system".to_string()));
+            assert!(
+                excluded
+                    .values
+                    .as_ref()
+                    .unwrap()
+                    .contains(&"kube-system".to_string())
+            );
         }
         assert_eq!(
             hooks[2].rules.as_ref().unwrap()[0].api_versions,

@@ -51,7 +51,9 @@ impl ObjectMeta {
     }
 
     pub fn set_label(&mut self, key: &str, value: &str) {
-        self.labels.get_or_insert_default().insert(key.into(), value.into());
+        self.labels
+            .get_or_insert_default()
+            .insert(key.into(), value.into());
     }
 
     pub fn remove_label(&mut self, key: &str) {
@@ -61,12 +63,17 @@ impl ObjectMeta {
     }
 
     pub fn set_annotation(&mut self, key: &str, value: &str) {
-        self.annotations.get_or_insert_default().insert(key.into(), value.into());
+        self.annotations
+            .get_or_insert_default()
+            .insert(key.into(), value.into());
     }
 
     /// The name to show in logs: the name, else the generateName prefix.
     pub fn display_name(&self) -> &str {
-        self.name.as_deref().or(self.generate_name.as_deref()).unwrap_or("")
+        self.name
+            .as_deref()
+            .or(self.generate_name.as_deref())
+            .unwrap_or("")
     }
 }
 
@@ -176,7 +183,12 @@ pub struct Trial {
 
 /// A Kubeflow Profile (kubeflow.org/v1, cluster-scoped; its name is the namespace's name).
 #[derive(kube::CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[kube(group = "kubeflow.org", version = "v1", kind = "Profile", schema = "disabled")]
+#[kube(
+    group = "kubeflow.org",
+    version = "v1",
+    kind = "Profile",
+    schema = "disabled"
+)]
 pub struct ProfileSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<ProfileOwner>,

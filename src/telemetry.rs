@@ -33,7 +33,11 @@ pub fn init(format: LogFormat, default_directive: &str) {
     // `try_init` fails only when a subscriber is already installed (tests): keep that one.
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
     if let Some((value, error)) = invalid {
         tracing::warn!(rust_log = %value, %error, "ignoring invalid RUST_LOG");

@@ -47,14 +47,21 @@ async fn stopped_webhook_fails_open_and_restart_removes_orphans() {
 
     // While down: one profile is deleted, another profile's namespace is deleted.
     let profiles = api_for(&client, None, &profile_manifest("x", "")).await;
-    profiles.delete("life-gone-profile", &DeleteParams::default()).await.unwrap();
+    profiles
+        .delete("life-gone-profile", &DeleteParams::default())
+        .await
+        .unwrap();
     delete_namespace(&client, "life-gone-namespace").await;
     let grant = ManagedKind::AuthorizationPolicy;
     let grants = managed_api(&client, grant, "life-gone-namespace", &config);
     assert_eq!(grant.home(), Home::Kubeflow);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert!(
-        grants.get_opt(&grant.object_name("life-gone-namespace", &config)).await.unwrap().is_some(),
+        grants
+            .get_opt(&grant.object_name("life-gone-namespace", &config))
+            .await
+            .unwrap()
+            .is_some(),
         "nobody removes the grant while we are down"
     );
 
@@ -63,7 +70,12 @@ async fn stopped_webhook_fails_open_and_restart_removes_orphans() {
     for kind in ManagedKind::wanted(&config) {
         for name in ["life-gone-profile", "life-gone-namespace"] {
             let api = managed_api(&client, kind, name, &config);
-            gone(&api, &kind.object_name(name, &config), &format!("{kind:?} of {name} removed after restart")).await;
+            gone(
+                &api,
+                &kind.object_name(name, &config),
+                &format!("{kind:?} of {name} removed after restart"),
+            )
+            .await;
         }
     }
     gone(&profiles, "life-gone-profile", "deleted profile released").await;

@@ -9,11 +9,7 @@
 
 mod support;
 
-use std::{
-    process::Command,
-    sync::Arc,
-    time::Duration,
-};
+use std::{process::Command, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -47,20 +43,29 @@ fn documents(stream: &str) -> Vec<Value> {
 /// Server-side dry run: validated and admitted, not stored.
 async fn dry_run_create(client: &Client, namespace: Option<&str>, manifest: &Value) {
     let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
-    let params = PostParams { dry_run: true, ..PostParams::default() };
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
     api_for(client, namespace, manifest)
         .await
         .create(&params, &object)
         .await
-        .unwrap_or_else(|e| panic!("dry-run create {} {}: {e}", manifest["kind"], manifest["metadata"]["name"]));
+        .unwrap_or_else(|e| {
+            panic!(
+                "dry-run create {} {}: {e}",
+                manifest["kind"], manifest["metadata"]["name"]
+            )
+        });
 }
 
 /// A client acting as the install's ServiceAccount.
 async fn service_account_client(plane: &ControlPlane) -> Client {
     let kubeconfig = Kubeconfig::read_from(plane.kubeconfig()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{NAMESPACE}:{NAME}"));
     Client::try_from(config).unwrap()
 }
@@ -74,15 +79,22 @@ struct Replica {
 impl Replica {
     async fn start(client: &Client, settings: &str, identity: &str) -> (Replica, Config) {
         // Discovery as the ServiceAccount, too.
-        let caps = controller::discover(client).await.expect("discovery as the ServiceAccount");
-        let config = Settings::from_yaml(settings, "test").unwrap().resolve(&caps);
+        let caps = controller::discover(client)
+            .await
+            .expect("discovery as the ServiceAccount");
+        let config = Settings::from_yaml(settings, "test")
+            .unwrap()
+            .resolve(&caps);
         let halt = Arc::new(Notify::new());
         let halted = {
             let halt = halt.clone();
             async move { halt.notified().await }
         };
-        let election =
-            LeaderElection { namespace: NAMESPACE.into(), lease_name: NAME.into(), identity: identity.into() };
+        let election = LeaderElection {
+            namespace: NAMESPACE.into(),
+            lease_name: NAME.into(),
+            identity: identity.into(),
+        };
         let task = tokio::spawn(controller::run_leader_elected_until(
             client.clone(),
             Arc::new(config.clone()),
@@ -95,30 +107,46 @@ impl Replica {
 
     async fn stop(self) {
         self.halt.notify_one();
-        let ended = tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("replica stops");
+        let ended = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("replica stops");
         ended.unwrap().expect("replica ends without error");
     }
 }
 
 async fn lease_holder(admin: &Client) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(admin.clone(), NAMESPACE).get_opt(NAME).await.ok()??;
+    let lease = Api::<Lease>::namespaced(admin.clone(), NAMESPACE)
+        .get_opt(NAME)
+        .await
+        .ok()??;
     lease.spec?.holder_identity
 }
 
 async fn wait_for_holder(admin: &Client, holder: Option<&str>) {
     let what = format!("lease holder {holder:?}");
-    eventually(&what, || async { (lease_holder(admin).await.as_deref() == holder).then_some(()) }).await;
+    eventually(&what, || async {
+        (lease_holder(admin).await.as_deref() == holder).then_some(())
+    })
+    .await;
 }
 
 async fn has_finalizer(admin: &Client, profile: &str) -> bool {
-    let profile = Api::<Profile>::all(admin.clone()).get(profile).await.unwrap();
+    let profile = Api::<Profile>::all(admin.clone())
+        .get(profile)
+        .await
+        .unwrap();
     profile.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 async fn kinds_gone(admin: &Client, kinds: &[ManagedKind], profile: &str, config: &Config) {
     for kind in kinds {
         let api = managed_api(admin, *kind, profile, config);
-        gone(&api, &kind.object_name(profile, config), &format!("{kind:?} of {profile} removed")).await;
+        gone(
+            &api,
+            &kind.object_name(profile, config),
+            &format!("{kind:?} of {profile} removed"),
+        )
+        .await;
     }
 }
 
@@ -156,14 +184,34 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     let sa = service_account_client(plane).await;
     // Really restricted: no Secrets, no Pods, no Leases other than ours.
     let denied = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(s)) if s.code == 403);
-    assert!(denied(Api::<Secret>::all(sa.clone()).list(&ListParams::default()).await.map(|_| ())));
-    assert!(denied(Api::<Pod>::namespaced(sa.clone(), "default").list(&ListParams::default()).await.map(|_| ())));
-    assert!(denied(Api::<Lease>::namespaced(sa.clone(), NAMESPACE).get("someone-else").await.map(|_| ())));
+    assert!(denied(
+        Api::<Secret>::all(sa.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(denied(
+        Api::<Pod>::namespaced(sa.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+    ));
+    assert!(denied(
+        Api::<Lease>::namespaced(sa.clone(), NAMESPACE)
+            .get("someone-else")
+            .await
+            .map(|_| ())
+    ));
 
     ensure_namespace(&admin, "kubeflow").await;
     for name in ["rbac-alice", "rbac-bob"] {
         ensure_namespace(&admin, name).await;
-        create(&admin, None, &profile_manifest(name, &format!("{name}@example.com"))).await;
+        create(
+            &admin,
+            None,
+            &profile_manifest(name, &format!("{name}@example.com")),
+        )
+        .await;
     }
 
     // Token mode: the PodDefault is applied, the finalizer added, the Lease created and held.
@@ -190,9 +238,18 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     let (replica, config) = Replica::start(&sa, settings, "replica-a").await;
     converged(&admin, "rbac-alice", &config).await;
     converged(&admin, "rbac-bob", &config).await;
-    kinds_gone(&admin, &[ManagedKind::AuthorizationPolicy], "rbac-alice", &config).await;
+    kinds_gone(
+        &admin,
+        &[ManagedKind::AuthorizationPolicy],
+        "rbac-alice",
+        &config,
+    )
+    .await;
     let profiles = api_for(&admin, None, &profile_manifest("x", "")).await;
-    profiles.delete("rbac-alice", &DeleteParams::default()).await.unwrap();
+    profiles
+        .delete("rbac-alice", &DeleteParams::default())
+        .await
+        .unwrap();
     kinds_gone(&admin, &ManagedKind::wanted(&config), "rbac-alice", &config).await;
     gone(&profiles, "rbac-alice", "rbac-alice released and deleted").await;
     replica.stop().await;
@@ -207,12 +264,17 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
         &tls,
         0,
         &["--leader-elect"],
-        &[("POD_NAMESPACE", NAMESPACE), ("POD_NAME", "tenancy-fixer-serve-0")],
+        &[
+            ("POD_NAMESPACE", NAMESPACE),
+            ("POD_NAME", "tenancy-fixer-serve-0"),
+        ],
         "lease acquired",
     );
     wait_for_holder(&admin, Some("tenancy-fixer-serve-0")).await;
     converged(&admin, "rbac-bob", &config).await;
-    let status = tokio::task::spawn_blocking(move || serve.stop()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || serve.stop())
+        .await
+        .unwrap();
     assert!(status.success(), "serve stopped cleanly: {status}");
     assert_eq!(lease_holder(&admin).await, None, "released before exiting");
 
@@ -226,10 +288,25 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    assert!(out.status.success(), "release-finalizers: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("profile/rbac-bob: finalizer {FINALIZER} removed\n"));
+    assert!(
+        out.status.success(),
+        "release-finalizers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("profile/rbac-bob: finalizer {FINALIZER} removed\n")
+    );
     assert!(!has_finalizer(&admin, "rbac-bob").await);
-    profiles.delete("rbac-bob", &DeleteParams::default()).await.unwrap();
-    gone(&profiles, "rbac-bob", "rbac-bob deleted without the controller").await;
+    profiles
+        .delete("rbac-bob", &DeleteParams::default())
+        .await
+        .unwrap();
+    gone(
+        &profiles,
+        "rbac-bob",
+        "rbac-bob deleted without the controller",
+    )
+    .await;
     kinds_gone(&admin, &ManagedKind::wanted(&config), "rbac-bob", &config).await;
 }

@@ -39,7 +39,13 @@ impl TestServer {
             let _ = stopped.await;
         }));
         let client = tls.client();
-        Self { addr, tls, client, stop: Some(stop), task }
+        Self {
+            addr,
+            tls,
+            client,
+            stop: Some(stop),
+            task,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -59,7 +65,10 @@ impl TestServer {
         assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(body["kind"], "AdmissionReview");
         let response = body["response"].clone();
-        assert_eq!(response["uid"], review["request"]["uid"], "uid must be echoed");
+        assert_eq!(
+            response["uid"], review["request"]["uid"],
+            "uid must be echoed"
+        );
         assert_eq!(response["allowed"], true, "we never deny");
         response
     }
@@ -77,7 +86,11 @@ impl TestServer {
 fn patched(review: &Value, response: &Value) -> Value {
     assert_eq!(response["patchType"], "JSONPatch", "{response}");
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(response["patch"].as_str().expect("patch is a base64 string"))
+        .decode(
+            response["patch"]
+                .as_str()
+                .expect("patch is a base64 string"),
+        )
         .unwrap();
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
     let mut object = review["request"]["object"].clone();
@@ -86,8 +99,14 @@ fn patched(review: &Value, response: &Value) -> Value {
 }
 
 fn assert_no_patch(response: &Value) {
-    assert!(response.get("patch").is_none(), "unexpected patch: {response}");
-    assert!(response.get("patchType").is_none(), "unexpected patchType: {response}");
+    assert!(
+        response.get("patch").is_none(),
+        "unexpected patch: {response}"
+    );
+    assert!(
+        response.get("patchType").is_none(),
+        "unexpected patchType: {response}"
+    );
 }
 
 /// Appends to a JSON array, creating it when absent.
@@ -134,10 +153,15 @@ async fn notebook_pod_token_mode_gets_label_and_token() {
     push(&mut expected["spec"]["volumes"], token_volume());
     assert_eq!(got, expected);
     // Everything the view does not hold survived: managedFields, env values, resources.
-    assert_eq!(got["metadata"]["managedFields"], review["request"]["object"]["metadata"]["managedFields"]);
+    assert_eq!(
+        got["metadata"]["managedFields"],
+        review["request"]["object"]["metadata"]["managedFields"]
+    );
 
     // Reinvocation (IfNeeded) changes nothing more.
-    let again = server.review("/mutate/pods", &reinvoked(&review, got)).await;
+    let again = server
+        .review("/mutate/pods", &reinvoked(&review, got))
+        .await;
     assert_no_patch(&again);
     server.stop().await.unwrap();
 }
@@ -159,12 +183,20 @@ const COLLECTOR_ARGV: &str = "'./file-metricscollector' '-w' 'false' '-t' 'rando
                               '-path' '/var/log/katib/metrics.log' '-format' 'TEXT'";
 
 /// The trial pod with the token and both wrappers, given the two scripts.
-fn expected_trial_pod(review: &Value, training_script: &str, collector_script: &str, token: bool) -> Value {
+fn expected_trial_pod(
+    review: &Value,
+    training_script: &str,
+    collector_script: &str,
+    token: bool,
+) -> Value {
     let mut expected = review["request"]["object"].clone();
     expected["metadata"]["annotations"]["tenancy-fixer.kubeflow.org/wrapped"] =
         json!("training-container,metrics-logger-and-collector");
     let containers = expected["spec"]["containers"].as_array_mut().unwrap();
-    for (container, script) in containers.iter_mut().zip([training_script, collector_script]) {
+    for (container, script) in containers
+        .iter_mut()
+        .zip([training_script, collector_script])
+    {
         container["command"] = json!(["/bin/sh", "-c", script]);
         container.as_object_mut().unwrap().remove("args");
         if token {
@@ -185,22 +217,51 @@ async fn katib_trial_pod_modern_modes() {
     let response = server.review("/mutate/pods", &review).await;
     let got = patched(&review, &response);
 
-    let training = got["spec"]["containers"][0]["command"][2].as_str().unwrap().to_string();
+    let training = got["spec"]["containers"][0]["command"][2]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(training.starts_with("tf_ready() {"), "{training}");
     assert!(training.contains("tf_left=60\n"), "{training}");
-    assert!(training.contains("until tf_ready 'http://127.0.0.1:15021/healthz/ready'; do\n"), "{training}");
-    assert!(training.ends_with(&format!("exec 'sh' '-c' '{TRAINING_ARG}'\n")), "{training}");
+    assert!(
+        training.contains("until tf_ready 'http://127.0.0.1:15021/healthz/ready'; do\n"),
+        "{training}"
+    );
+    assert!(
+        training.ends_with(&format!("exec 'sh' '-c' '{TRAINING_ARG}'\n")),
+        "{training}"
+    );
 
-    let collector = got["spec"]["containers"][1]["command"][2].as_str().unwrap().to_string();
-    assert!(collector.starts_with(&format!("{COLLECTOR_ARGV}\ntf_code=$?\n")), "{collector}");
-    assert!(collector.contains("-X POST 'http://127.0.0.1:15020/quitquitquit'"), "{collector}");
-    assert!(collector.contains("tf_log='/dev/termination-log'\n"), "{collector}");
+    let collector = got["spec"]["containers"][1]["command"][2]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        collector.starts_with(&format!("{COLLECTOR_ARGV}\ntf_code=$?\n")),
+        "{collector}"
+    );
+    assert!(
+        collector.contains("-X POST 'http://127.0.0.1:15020/quitquitquit'"),
+        "{collector}"
+    );
+    assert!(
+        collector.contains("tf_log='/dev/termination-log'\n"),
+        "{collector}"
+    );
     assert!(collector.ends_with("exit \"$tf_code\"\n"), "{collector}");
 
-    assert_eq!(got, expected_trial_pod(&review, &training, &collector, true));
-    assert_eq!(got["spec"]["containers"][2], review["request"]["object"]["spec"]["containers"][2], "proxy untouched");
+    assert_eq!(
+        got,
+        expected_trial_pod(&review, &training, &collector, true)
+    );
+    assert_eq!(
+        got["spec"]["containers"][2], review["request"]["object"]["spec"]["containers"][2],
+        "proxy untouched"
+    );
 
-    let again = server.review("/mutate/pods", &reinvoked(&review, got)).await;
+    let again = server
+        .review("/mutate/pods", &reinvoked(&review, got))
+        .await;
     assert_no_patch(&again);
 }
 
@@ -223,7 +284,10 @@ async fn katib_trial_pod_legacy_modes() {
          if [ -f \"$tf_saved\" ]; then cat \"$tf_saved\" > \"$tf_log\" 2>/dev/null; rm -f \"$tf_saved\"; fi\n\
          exit \"$tf_code\"\n"
     );
-    assert_eq!(patched(&review, &response), expected_trial_pod(&review, &training, &collector, false));
+    assert_eq!(
+        patched(&review, &response),
+        expected_trial_pod(&review, &training, &collector, false)
+    );
 }
 
 #[tokio::test]
@@ -249,12 +313,15 @@ async fn trial_job_gets_label_injection_account_and_hold() {
     let template = &mut expected["spec"]["template"];
     template["metadata"]["labels"]["kubeflow-extension"] = json!("true");
     template["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("true");
-    template["metadata"]["annotations"]["proxy.istio.io/config"] = json!(r#"{"holdApplicationUntilProxyStarts":true}"#);
+    template["metadata"]["annotations"]["proxy.istio.io/config"] =
+        json!(r#"{"holdApplicationUntilProxyStarts":true}"#);
     template["spec"]["serviceAccountName"] = json!("default-editor");
     let got = patched(&review, &response);
     assert_eq!(got, expected);
 
-    let again = server.review("/mutate/jobs", &reinvoked(&review, got)).await;
+    let again = server
+        .review("/mutate/jobs", &reinvoked(&review, got))
+        .await;
     assert_no_patch(&again);
 }
 
@@ -266,8 +333,14 @@ async fn trial_job_in_sleep_mode_gets_no_hold_annotation() {
     let got = patched(&review, &response);
     let meta = &got["spec"]["template"]["metadata"];
     assert_eq!(meta["labels"]["kubeflow-extension"], "true");
-    assert_eq!(meta["annotations"], json!({"sidecar.istio.io/inject": "true"}));
-    assert_eq!(got["spec"]["template"]["spec"]["serviceAccountName"], "default-editor");
+    assert_eq!(
+        meta["annotations"],
+        json!({"sidecar.istio.io/inject": "true"})
+    );
+    assert_eq!(
+        got["spec"]["template"]["spec"]["serviceAccountName"],
+        "default-editor"
+    );
 }
 
 #[tokio::test]
@@ -307,7 +380,10 @@ async fn every_mutate_path_dispatches_on_the_request_kind() {
     let review = fixture("trial-job.json");
     for path in webhook::MUTATE_PATHS {
         let response = server.review(path, &review).await;
-        assert_eq!(patched(&review, &response)["spec"]["template"]["metadata"]["labels"]["kubeflow-extension"], "true");
+        assert_eq!(
+            patched(&review, &response)["spec"]["template"]["metadata"]["labels"]["kubeflow-extension"],
+            "true"
+        );
     }
 }
 
@@ -323,7 +399,10 @@ async fn unparseable_objects_and_other_operations_are_allowed_without_patch() {
     assert_no_patch(&server.review("/mutate/pods", &update).await);
 
     let mut no_object = fixture("notebook-pod.json");
-    no_object["request"].as_object_mut().unwrap().remove("object");
+    no_object["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("object");
     assert_no_patch(&server.review("/mutate/pods", &no_object).await);
 }
 
@@ -338,7 +417,11 @@ async fn bodies_that_are_not_reviews_get_400_with_a_reason() {
     ] {
         let reply = server.post("/mutate/pods", body.to_vec()).await;
         assert_eq!(reply.status, 400, "{}", reply.text());
-        assert!(reply.content_type().starts_with("text/plain"), "{}", reply.content_type());
+        assert!(
+            reply.content_type().starts_with("text/plain"),
+            "{}",
+            reply.content_type()
+        );
         let text = reply.text();
         assert!(text.starts_with(reason), "{text}");
         assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
@@ -348,7 +431,9 @@ async fn bodies_that_are_not_reviews_get_400_with_a_reason() {
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
     let server = TestServer::start("").await;
-    let reply = server.post("/mutate", vec![b' '; webhook::BODY_LIMIT + 1]).await;
+    let reply = server
+        .post("/mutate", vec![b' '; webhook::BODY_LIMIT + 1])
+        .await;
     assert_eq!(reply.status, 413);
     // A big but acceptable review still works: 4 MiB of annotations.
     let mut review = fixture("plain-pod.json");
@@ -361,9 +446,16 @@ async fn health_endpoints_and_unknown_routes() {
     let server = TestServer::start("").await;
     for path in ["/healthz", "/readyz"] {
         let reply = server.client.get(&server.url(path)).await;
-        assert_eq!((reply.status.as_u16(), reply.text().as_str()), (200, "ok"), "{path}");
+        assert_eq!(
+            (reply.status.as_u16(), reply.text().as_str()),
+            (200, "ok"),
+            "{path}"
+        );
     }
-    assert_eq!(server.client.get(&server.url("/mutate/pods")).await.status, 405);
+    assert_eq!(
+        server.client.get(&server.url("/mutate/pods")).await.status,
+        405
+    );
     assert_eq!(server.post("/validate", "{}").await.status, 404);
 }
 
@@ -372,15 +464,24 @@ async fn serves_tls_1_3_and_accepts_tls_1_2() {
     use tokio_rustls::{TlsConnector, rustls};
     let server = TestServer::start("").await;
     for (versions, expected) in [
-        (&[&rustls::version::TLS13][..], rustls::ProtocolVersion::TLSv1_3),
-        (&[&rustls::version::TLS12][..], rustls::ProtocolVersion::TLSv1_2),
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
     ] {
         let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
             .with_root_certificates(server.tls.roots())
             .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let stream = TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        let stream = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
         assert_eq!(stream.get_ref().1.protocol_version(), Some(expected));
     }
 }
@@ -393,17 +494,25 @@ async fn untrusted_clients_cannot_connect_and_shutdown_is_graceful() {
         let config = other.client_config();
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
     })
     .await
     .unwrap();
-    assert!(result.is_err(), "a client not trusting our CA must fail the handshake");
+    assert!(
+        result.is_err(),
+        "a client not trusting our CA must fail the handshake"
+    );
 
     // A request, then shutdown: the server returns Ok and stops listening.
     assert_eq!(server.client.get(&server.url("/healthz")).await.status, 200);
     let addr = server.addr;
     server.stop().await.unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after shutdown"
+    );
 }
 
 #[tokio::test]
@@ -411,15 +520,25 @@ async fn missing_certificate_is_a_typed_error() {
     common::install_crypto_provider();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let files = TlsFiles::new("/nonexistent/tls.crt", "/nonexistent/tls.key");
-    let error = webhook::serve_listener(listener, files, config(""), std::future::pending()).await.unwrap_err();
+    let error = webhook::serve_listener(listener, files, config(""), std::future::pending())
+        .await
+        .unwrap_err();
     assert!(matches!(error, WebhookError::Tls { .. }), "{error:?}");
-    assert!(error.to_string().contains("/nonexistent/tls.crt"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/tls.crt"),
+        "{error}"
+    );
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let tls = TestTls::new();
-    let error = webhook::serve(addr, TlsFiles::new(&tls.cert, &tls.key), config(""), std::future::pending())
-        .await
-        .unwrap_err();
+    let error = webhook::serve(
+        addr,
+        TlsFiles::new(&tls.cert, &tls.key),
+        config(""),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error, WebhookError::Bind { .. }), "{error:?}");
 }

@@ -28,10 +28,15 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
 pub fn machine_busy_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4)?;
-    Some(Duration::from_secs_f64((total - idle) as f64 / clock_ticks_per_second() as f64))
+    Some(Duration::from_secs_f64(
+        (total - idle) as f64 / clock_ticks_per_second() as f64,
+    ))
 }
 
 /// CPU used by everything else than `pids` between two readings: other tenants of the machine
@@ -45,7 +50,10 @@ pub struct CpuReading {
 impl CpuReading {
     pub fn now(pids: &[u32]) -> Self {
         let pids_cpu = pids.iter().filter_map(|&p| process_cpu(p)).sum();
-        Self { machine: machine_busy_cpu().unwrap_or_default(), pids: pids_cpu }
+        Self {
+            machine: machine_busy_cpu().unwrap_or_default(),
+            pids: pids_cpu,
+        }
     }
 
     /// CPU seconds used by other processes since `earlier`.
@@ -73,16 +81,27 @@ pub fn process_memory(pid: u32) -> Option<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     };
-    Some(Memory { rss: field("VmRSS:")?, hwm: field("VmHWM:")? })
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+    })
 }
 
 /// Thread count of a process.
 pub fn process_threads(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 pub fn mb(bytes: u64) -> f64 {
@@ -135,7 +154,11 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|v| v.split_once(':'))
+                    .map(|(_, v)| v.trim())
+            })
             .unwrap_or("unknown")
             .to_string();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -145,10 +168,15 @@ impl Machine {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0.0);
         Self {
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             cpu_model,
             memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         }
     }
 }
@@ -174,7 +202,10 @@ pub fn git_revision(repo: &Path) -> Option<String> {
 
 /// Seconds since the Unix epoch, for result files.
 pub fn unix_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Writes `value` as pretty JSON to `path`, creating its directory.
@@ -188,5 +219,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
 
 /// The repository root (the bench package's parent), as compiled in.
 pub fn repo_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
 }

@@ -92,11 +92,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The group/versions the API server serves (core `v1` included), for resolving `auto`.
 pub async fn discover(client: &Client) -> Result<Capabilities> {
-    let core = client.list_core_api_versions().await.map_err(Error::Discovery)?;
+    let core = client
+        .list_core_api_versions()
+        .await
+        .map_err(Error::Discovery)?;
     let groups = client.list_api_groups().await.map_err(Error::Discovery)?;
-    let group_versions =
-        groups.groups.into_iter().flat_map(|g| g.versions.into_iter().map(|v| v.group_version));
-    Ok(Capabilities::from_group_versions(core.versions.into_iter().chain(group_versions)))
+    let group_versions = groups
+        .groups
+        .into_iter()
+        .flat_map(|g| g.versions.into_iter().map(|v| v.group_version));
+    Ok(Capabilities::from_group_versions(
+        core.versions.into_iter().chain(group_versions),
+    ))
 }
 
 /// The managed kinds the cluster serves: group/version served and the kind listed in it (a
@@ -112,15 +119,21 @@ async fn served_kinds(client: &Client) -> Result<Vec<ManagedKind>> {
         }
         if !kinds_by_gv.iter().any(|(gv, _)| *gv == ar.api_version) {
             let kinds = match client.list_api_group_resources(&ar.api_version).await {
-                Ok(list) => {
-                    list.resources.into_iter().filter(|r| !r.name.contains('/')).map(|r| r.kind).collect()
-                }
+                Ok(list) => list
+                    .resources
+                    .into_iter()
+                    .filter(|r| !r.name.contains('/'))
+                    .map(|r| r.kind)
+                    .collect(),
                 Err(kube::Error::Api(status)) if status.is_not_found() => BTreeSet::new(),
                 Err(e) => return Err(Error::Discovery(e)),
             };
             kinds_by_gv.push((ar.api_version.clone(), kinds));
         }
-        if kinds_by_gv.iter().any(|(gv, kinds)| *gv == ar.api_version && kinds.contains(&ar.kind)) {
+        if kinds_by_gv
+            .iter()
+            .any(|(gv, kinds)| *gv == ar.api_version && kinds.contains(&ar.kind))
+        {
             served.push(kind);
         }
     }
@@ -151,26 +164,32 @@ pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stat
 
     // Profiles: the controller's own cache and trigger.
     let (profiles, profile_writer) = reflector::store::<Profile>();
-    let profile_events = watcher(Api::<Profile>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear())
-        .reflect(profile_writer)
-        .applied_objects();
+    let profile_events = watcher(
+        Api::<Profile>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p| p.managed_fields_mut().clear())
+    .reflect(profile_writer)
+    .applied_objects();
     let mut controller = Controller::for_stream(profile_events, profiles.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
 
     // Namespaces, metadata only. Touched (not only applied) so deletions trigger cleanup.
     let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let namespace_events =
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(|n| n.managed_fields_mut().clear())
-            .reflect(namespace_writer)
-            .touched_objects();
+    let namespace_events = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|n| n.managed_fields_mut().clear())
+    .reflect(namespace_writer)
+    .touched_objects();
     let (known, kubeflow) = (profiles.clone(), config.settings.kubeflow_namespace.clone());
-    controller = controller.watches_stream(namespace_events, move |ns: PartialObjectMeta<Namespace>| {
-        profiles_for_namespace(&ns.name_any(), &kubeflow, &known)
-    });
+    controller =
+        controller.watches_stream(namespace_events, move |ns: PartialObjectMeta<Namespace>| {
+            profiles_for_namespace(&ns.name_any(), &kubeflow, &known)
+        });
 
     // Managed objects of every served kind, so that objects of another mode are cleaned too.
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
@@ -252,7 +271,11 @@ pub async fn run_leader_elected_until(
     election: LeaderElection,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let LeaderElection { namespace, lease_name, identity } = election;
+    let LeaderElection {
+        namespace,
+        lease_name,
+        identity,
+    } = election;
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease_name)
         .with_namespace(&namespace)
         .with_identity(&identity)
@@ -276,7 +299,10 @@ pub async fn run_leader_elected_until(
                 }
             }
         }
-        info!(namespace, lease_name, identity, "lease acquired: running the profile controller");
+        info!(
+            namespace,
+            lease_name, identity, "lease acquired: running the profile controller"
+        );
         // Resolves with false when the lease is lost, true when the manager's task ended.
         let lost = async {
             loop {
@@ -321,13 +347,18 @@ async fn release_lease(
         Ok(Err(error)) => {
             warn!(namespace, lease_name, identity, %error, "lease manager task failed; the lease expires on its own")
         }
-        Err(_) => warn!(namespace, lease_name, identity, "lease not released in time; it expires on its own"),
+        Err(_) => warn!(
+            namespace,
+            lease_name, identity, "lease not released in time; it expires on its own"
+        ),
     }
     Ok(())
 }
 
 async fn lease_task_failure(
-    task: &mut tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+    task: &mut tokio::task::JoinHandle<
+        kube_lease_manager::Result<kube_lease_manager::LeaseManager>,
+    >,
 ) -> Error {
     match task.await {
         Ok(Err(error)) => Error::LeaderElection(error),
@@ -343,22 +374,43 @@ async fn lease_task_failure(
 /// Needs RBAC on `profiles`: list, patch.
 pub async fn release_finalizers(client: &Client) -> Result<Vec<String>> {
     let profiles: Api<Profile> = Api::all(client.clone());
-    let list = profiles.list(&Default::default()).await.map_err(Error::ReleaseFinalizers)?;
+    let list = profiles
+        .list(&Default::default())
+        .await
+        .map_err(Error::ReleaseFinalizers)?;
     let mut released = Vec::new();
     for profile in list {
-        let Some(index) = profile.finalizers().iter().position(|f| f == FINALIZER) else { continue };
+        let Some(index) = profile.finalizers().iter().position(|f| f == FINALIZER) else {
+            continue;
+        };
         let name = profile.name_any();
-        let path = json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "finalizers", &index.to_string()]);
+        let path = json_patch::jsonptr::PointerBuf::from_tokens([
+            "metadata",
+            "finalizers",
+            &index.to_string(),
+        ]);
         let patch = json_patch::Patch(vec![
-            json_patch::PatchOperation::Test(json_patch::TestOperation { path: path.clone(), value: FINALIZER.into() }),
+            json_patch::PatchOperation::Test(json_patch::TestOperation {
+                path: path.clone(),
+                value: FINALIZER.into(),
+            }),
             json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
         ]);
-        match profiles.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Json::<()>(patch)).await {
+        match profiles
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Json::<()>(patch),
+            )
+            .await
+        {
             Ok(_) => {
                 info!(profile = %name, "finalizer released");
                 released.push(name);
             }
-            Err(kube::Error::Api(status)) if status.is_not_found() => debug!(profile = %name, "profile gone"),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                debug!(profile = %name, "profile gone")
+            }
             Err(source) => return Err(Error::ReleaseFinalizer { name, source }),
         }
     }
@@ -373,19 +425,31 @@ fn profiles_for_namespace(
     profiles: &Store<Profile>,
 ) -> Vec<ObjectRef<Profile>> {
     if namespace == kubeflow {
-        return profiles.state().iter().map(|p| ObjectRef::from_obj(&**p)).collect();
+        return profiles
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect();
     }
     let profile = ObjectRef::new(namespace);
-    if profiles.get(&profile).is_some() { vec![profile] } else { vec![] }
+    if profiles.get(&profile).is_some() {
+        vec![profile]
+    } else {
+        vec![]
+    }
 }
 
 /// A managed object's event concerns the profile its label names.
-fn profile_of_managed(object: &DynamicObject, profiles: &Store<Profile>) -> Option<ObjectRef<Profile>> {
+fn profile_of_managed(
+    object: &DynamicObject,
+    profiles: &Store<Profile>,
+) -> Option<ObjectRef<Profile>> {
     let profile = ObjectRef::new(object.labels().get(PROFILE_LABEL)?);
     profiles.get(&profile).map(|_| profile)
 }
 
-type RunResult = std::result::Result<(ObjectRef<Profile>, Action), controller::Error<Error, watcher::Error>>;
+type RunResult =
+    std::result::Result<(ObjectRef<Profile>, Action), controller::Error<Error, watcher::Error>>;
 
 fn log_outcome(result: RunResult) {
     match result {
@@ -396,7 +460,9 @@ fn log_outcome(result: RunResult) {
         }
         // A trigger raced with the profile's deletion.
         Err(controller::Error::ObjectNotFound(profile)) => debug!(%profile, "profile gone"),
-        Err(controller::Error::QueueError(error)) => warn!(%error, "watch failed; retrying with backoff"),
+        Err(controller::Error::QueueError(error)) => {
+            warn!(%error, "watch failed; retrying with backoff")
+        }
         Err(error) => error!(%error, "controller failure"),
     }
 }
@@ -410,8 +476,10 @@ mod tests {
         let mut writer = reflector::store::Writer::<Profile>::default();
         writer.apply_watcher_event(&watcher::Event::Init);
         for name in names {
-            writer
-                .apply_watcher_event(&watcher::Event::InitApply(Profile::new(name, ProfileSpec::default())));
+            writer.apply_watcher_event(&watcher::Event::InitApply(Profile::new(
+                name,
+                ProfileSpec::default(),
+            )));
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
         writer.as_reader()
@@ -420,7 +488,10 @@ mod tests {
     #[test]
     fn namespace_events_map_to_the_profile_of_the_same_name() {
         let profiles = store_of(&["alice", "bob"]);
-        assert_eq!(profiles_for_namespace("alice", "kubeflow", &profiles), [ObjectRef::new("alice")]);
+        assert_eq!(
+            profiles_for_namespace("alice", "kubeflow", &profiles),
+            [ObjectRef::new("alice")]
+        );
         assert!(profiles_for_namespace("kube-system", "kubeflow", &profiles).is_empty());
         let mut all = profiles_for_namespace("kubeflow", "kubeflow", &profiles);
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -436,16 +507,37 @@ mod tests {
             &Profile::new("alice", ProfileSpec::default()),
             &config,
         );
-        assert_eq!(profile_of_managed(&object, &profiles), Some(ObjectRef::new("alice")));
-        object.metadata.labels.as_mut().unwrap().insert(PROFILE_LABEL.into(), "gone".into());
+        assert_eq!(
+            profile_of_managed(&object, &profiles),
+            Some(ObjectRef::new("alice"))
+        );
+        object
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(PROFILE_LABEL.into(), "gone".into());
         assert_eq!(profile_of_managed(&object, &profiles), None);
-        object.metadata.labels.as_mut().unwrap().remove(PROFILE_LABEL);
+        object
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(PROFILE_LABEL);
         assert_eq!(profile_of_managed(&object, &profiles), None);
     }
 
     #[test]
     fn managed_kinds_resolve_to_the_plurals_the_crds_serve() {
         let plurals = ManagedKind::ALL.map(|k| k.api_resource().plural);
-        assert_eq!(plurals, ["envoyfilters", "authorizationpolicies", "servicerolebindings", "poddefaults"]);
+        assert_eq!(
+            plurals,
+            [
+                "envoyfilters",
+                "authorizationpolicies",
+                "servicerolebindings",
+                "poddefaults"
+            ]
+        );
     }
 }

@@ -40,7 +40,10 @@ pub enum HeldBack {
     NotServed,
     /// The namespace the object would live in (or the profile's namespace it refers to) is not
     /// active.
-    Namespace { namespace_is_kubeflow: bool, state: NamespaceState },
+    Namespace {
+        namespace_is_kubeflow: bool,
+        state: NamespaceState,
+    },
     /// The Profile names no owner, whose identity the object would assert.
     NoOwner,
 }
@@ -68,15 +71,23 @@ pub fn desired(
         } else if !kind.buildable_for(profile) {
             Some(HeldBack::NoOwner)
         } else if profile_namespace != NamespaceState::Active {
-            Some(HeldBack::Namespace { namespace_is_kubeflow: false, state: profile_namespace })
+            Some(HeldBack::Namespace {
+                namespace_is_kubeflow: false,
+                state: profile_namespace,
+            })
         } else if kind.home() == Home::Kubeflow && kubeflow_namespace != NamespaceState::Active {
-            Some(HeldBack::Namespace { namespace_is_kubeflow: true, state: kubeflow_namespace })
+            Some(HeldBack::Namespace {
+                namespace_is_kubeflow: true,
+                state: kubeflow_namespace,
+            })
         } else {
             None
         };
         match held_back {
             Some(reason) => out.held_back.push((kind, reason)),
-            None => out.objects.push((kind, istio::build(kind, profile, config))),
+            None => out
+                .objects
+                .push((kind, istio::build(kind, profile, config))),
         }
     }
     out
@@ -124,7 +135,10 @@ pub fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     for (kind, current) in stored {
-        if desired.iter().any(|(k, d)| same_object(*k, d, *kind, current)) {
+        if desired
+            .iter()
+            .any(|(k, d)| same_object(*k, d, *kind, current))
+        {
             continue;
         }
         if is_terminating(current) {
@@ -134,7 +148,10 @@ pub fn plan(
         }
     }
     for (kind, object) in desired {
-        match stored.iter().find(|(k, s)| same_object(*k, s, kind, &object)) {
+        match stored
+            .iter()
+            .find(|(k, s)| same_object(*k, s, kind, &object))
+        {
             Some((_, current)) if is_terminating(current) => plan.terminating += 1,
             Some((_, current)) if istio::is_up_to_date(current, &object) => plan.unchanged += 1,
             _ => plan.apply.push((kind, object)),
@@ -145,7 +162,11 @@ pub fn plan(
 
 /// Is `object` labelled as made for `profile`?
 pub fn labelled_for(object: &DynamicObject, profile: &str) -> bool {
-    object.labels().get(istio::PROFILE_LABEL).map(String::as_str) == Some(profile)
+    object
+        .labels()
+        .get(istio::PROFILE_LABEL)
+        .map(String::as_str)
+        == Some(profile)
 }
 
 #[cfg(test)]
@@ -166,14 +187,21 @@ mod tests {
     fn profile(name: &str, owner: &str) -> Profile {
         let mut p = Profile::new(
             name,
-            ProfileSpec { owner: Some(ProfileOwner { kind: "User".into(), name: owner.into() }) },
+            ProfileSpec {
+                owner: Some(ProfileOwner {
+                    kind: "User".into(),
+                    name: owner.into(),
+                }),
+            },
         );
         p.metadata.uid = Some(format!("uid-{name}"));
         p
     }
 
     fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t").unwrap().resolve(&Capabilities::modern())
+        Settings::from_yaml(yaml, "t")
+            .unwrap()
+            .resolve(&Capabilities::modern())
     }
 
     /// What the API server would hold after applying `object`: same content plus server fields.
@@ -195,19 +223,30 @@ mod tests {
 
     #[test]
     fn nothing_stored_applies_everything() {
-        let d = desired(&profile("alice", "a@x"), &config("kfpAccess: header"), ALL, Active, Active);
+        let d = desired(
+            &profile("alice", "a@x"),
+            &config("kfpAccess: header"),
+            ALL,
+            Active,
+            Active,
+        );
         assert!(d.held_back.is_empty());
         let p = plan(d.objects, &[]);
-        assert_eq!(kinds(&p.apply), [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]);
+        assert_eq!(
+            kinds(&p.apply),
+            [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]
+        );
         assert!(p.delete.is_empty());
         assert_eq!(p.unchanged, 0);
     }
 
     #[test]
     fn resync_with_nothing_changed_writes_nothing() {
-        for mode in
-            ["kfpAccess: header", "kfpAccess: header\nistioRbac: service-role-binding", "kfpAccess: token"]
-        {
+        for mode in [
+            "kfpAccess: header",
+            "kfpAccess: header\nistioRbac: service-role-binding",
+            "kfpAccess: token",
+        ] {
             let (p, c) = (profile("alice", "a@x"), config(mode));
             let stored = stored_all(&desired(&p, &c, ALL, Active, Active));
             let again = plan(desired(&p, &c, ALL, Active, Active).objects, &stored);
@@ -220,10 +259,13 @@ mod tests {
     fn owner_change_applies_only_the_envoy_filter() {
         let c = config("kfpAccess: header");
         let stored = stored_all(&desired(&profile("alice", "a@x"), &c, ALL, Active, Active));
-        let p = plan(desired(&profile("alice", "b@x"), &c, ALL, Active, Active).objects, &stored);
+        let p = plan(
+            desired(&profile("alice", "b@x"), &c, ALL, Active, Active).objects,
+            &stored,
+        );
         assert_eq!(kinds(&p.apply), [ManagedKind::EnvoyFilter]);
-        let header =
-            &p.apply[0].1.data["spec"]["configPatches"][0]["patch"]["value"]["request_headers_to_add"][0];
+        let header = &p.apply[0].1.data["spec"]["configPatches"][0]["patch"]["value"]["request_headers_to_add"]
+            [0];
         assert_eq!(header["header"]["value"], "b@x");
         assert!(p.delete.is_empty());
         assert_eq!(p.unchanged, 1);
@@ -239,7 +281,10 @@ mod tests {
         stored[0].1 = Arc::new(edited);
         stored.remove(1);
         let p = plan(desired(&pr, &c, ALL, Active, Active).objects, &stored);
-        assert_eq!(kinds(&p.apply), [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]);
+        assert_eq!(
+            kinds(&p.apply),
+            [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]
+        );
         assert!(p.delete.is_empty());
     }
 
@@ -256,16 +301,34 @@ mod tests {
     #[test]
     fn mode_change_deletes_the_other_mode_objects() {
         let pr = profile("alice", "a@x");
-        let header = stored_all(&desired(&pr, &config("kfpAccess: header"), ALL, Active, Active));
-        let p = plan(desired(&pr, &config("kfpAccess: token"), ALL, Active, Active).objects, &header);
+        let header = stored_all(&desired(
+            &pr,
+            &config("kfpAccess: header"),
+            ALL,
+            Active,
+            Active,
+        ));
+        let p = plan(
+            desired(&pr, &config("kfpAccess: token"), ALL, Active, Active).objects,
+            &header,
+        );
         assert_eq!(kinds(&p.apply), [ManagedKind::PodDefault]);
-        assert_eq!(kinds(&p.delete), [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]);
+        assert_eq!(
+            kinds(&p.delete),
+            [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]
+        );
     }
 
     #[test]
     fn grant_kind_change_replaces_the_grant_of_the_same_name() {
         let pr = profile("alice", "a@x");
-        let ap = stored_all(&desired(&pr, &config("kfpAccess: header"), ALL, Active, Active));
+        let ap = stored_all(&desired(
+            &pr,
+            &config("kfpAccess: header"),
+            ALL,
+            Active,
+            Active,
+        ));
         let srb_config = config("kfpAccess: header\nistioRbac: service-role-binding");
         let p = plan(desired(&pr, &srb_config, ALL, Active, Active).objects, &ap);
         assert_eq!(kinds(&p.apply), [ManagedKind::ServiceRoleBinding]);
@@ -283,31 +346,54 @@ mod tests {
             assert!(d.objects.is_empty());
             assert_eq!(
                 d.held_back,
-                [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]
-                    .map(|k| (k, HeldBack::Namespace { namespace_is_kubeflow: false, state }))
+                [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter].map(|k| (
+                    k,
+                    HeldBack::Namespace {
+                        namespace_is_kubeflow: false,
+                        state
+                    }
+                ))
             );
             let p = plan(d.objects, &stored);
             assert!(p.apply.is_empty());
-            assert_eq!(kinds(&p.delete), [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]);
+            assert_eq!(
+                kinds(&p.delete),
+                [ManagedKind::AuthorizationPolicy, ManagedKind::EnvoyFilter]
+            );
             assert_eq!(p.delete[0].1.namespace().as_deref(), Some("kubeflow"));
         }
     }
 
     #[test]
     fn missing_namespace_with_nothing_stored_writes_nothing() {
-        let d = desired(&profile("alice", "a@x"), &config("kfpAccess: header"), ALL, Missing, Missing);
+        let d = desired(
+            &profile("alice", "a@x"),
+            &config("kfpAccess: header"),
+            ALL,
+            Missing,
+            Missing,
+        );
         assert!(plan(d.objects, &[]).is_empty());
     }
 
     #[test]
     fn missing_kubeflow_namespace_holds_back_only_the_grant() {
-        let d = desired(&profile("alice", "a@x"), &config("kfpAccess: header"), ALL, Active, Missing);
+        let d = desired(
+            &profile("alice", "a@x"),
+            &config("kfpAccess: header"),
+            ALL,
+            Active,
+            Missing,
+        );
         assert_eq!(kinds(&d.objects), [ManagedKind::EnvoyFilter]);
         assert_eq!(
             d.held_back,
             [(
                 ManagedKind::AuthorizationPolicy,
-                HeldBack::Namespace { namespace_is_kubeflow: true, state: Missing }
+                HeldBack::Namespace {
+                    namespace_is_kubeflow: true,
+                    state: Missing
+                }
             )]
         );
     }
@@ -332,7 +418,10 @@ mod tests {
             Active,
         );
         assert!(d.objects.is_empty());
-        assert_eq!(d.held_back, [(ManagedKind::PodDefault, HeldBack::NotServed)]);
+        assert_eq!(
+            d.held_back,
+            [(ManagedKind::PodDefault, HeldBack::NotServed)]
+        );
     }
 
     #[test]
@@ -372,7 +461,12 @@ mod tests {
         let mut object = d.objects[0].1.clone();
         assert!(labelled_for(&object, "alice"));
         assert!(!labelled_for(&object, "bob"));
-        object.metadata.labels.as_mut().unwrap().remove(PROFILE_LABEL);
+        object
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(PROFILE_LABEL);
         assert!(!labelled_for(&object, "alice"));
     }
 }

@@ -94,11 +94,20 @@ impl Context {
     }
 
     /// Makes the cluster hold `desired` for `profile`, and nothing else labelled for it.
-    async fn converge(&self, profile: &str, desired: Desired, cause: &'static str) -> Result<Action> {
+    async fn converge(
+        &self,
+        profile: &str,
+        desired: Desired,
+        cause: &'static str,
+    ) -> Result<Action> {
         let stored = self.stored_for(profile);
         let plan = plan::plan(desired.objects, &stored);
-        let (applied, deleted, unchanged, terminating) =
-            (plan.apply.len(), plan.delete.len(), plan.unchanged, plan.terminating);
+        let (applied, deleted, unchanged, terminating) = (
+            plan.apply.len(),
+            plan.delete.len(),
+            plan.unchanged,
+            plan.terminating,
+        );
 
         let mut first_error = None;
         for (kind, object) in &plan.apply {
@@ -113,8 +122,11 @@ impl Context {
                 first_error.get_or_insert(error);
             }
         }
-        let held_back: Vec<String> =
-            desired.held_back.iter().map(|(kind, why)| format!("{kind:?}: {why:?}")).collect();
+        let held_back: Vec<String> = desired
+            .held_back
+            .iter()
+            .map(|(kind, why)| format!("{kind:?}: {why:?}"))
+            .collect();
         info!(
             profile,
             cause,
@@ -134,13 +146,28 @@ impl Context {
 
     async fn apply(&self, kind: ManagedKind, object: &DynamicObject) -> Result<()> {
         let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        let api =
-            Api::<DynamicObject>::namespaced_with(self.client.clone(), &namespace, &kind.api_resource());
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &namespace,
+            &kind.api_resource(),
+        );
         self.stats.apply();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-            .await
-            .map_err(|source| Error::Apply { kind, namespace, name, source })?;
-        self.settle(kind, object, |cached| cached.is_some_and(|c| istio::is_up_to_date(c, object))).await;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind,
+            namespace,
+            name,
+            source,
+        })?;
+        self.settle(kind, object, |cached| {
+            cached.is_some_and(|c| istio::is_up_to_date(c, object))
+        })
+        .await;
         Ok(())
     }
 
@@ -148,10 +175,16 @@ impl Context {
     /// its watch event brings the next reconcile. Already gone counts as done.
     async fn delete(&self, kind: ManagedKind, object: &DynamicObject) -> Result<()> {
         let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        let api =
-            Api::<DynamicObject>::namespaced_with(self.client.clone(), &namespace, &kind.api_resource());
+        let api = Api::<DynamicObject>::namespaced_with(
+            self.client.clone(),
+            &namespace,
+            &kind.api_resource(),
+        );
         let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: object.uid(), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: object.uid(),
+                resource_version: None,
+            }),
             ..DeleteParams::default()
         };
         self.stats.delete();
@@ -160,9 +193,19 @@ impl Context {
             Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {
                 debug!(?kind, namespace, name, reason = %status.message, "already gone or replaced");
             }
-            Err(source) => return Err(Error::Delete { kind, namespace, name, source }),
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind,
+                    namespace,
+                    name,
+                    source,
+                });
+            }
         }
-        self.settle(kind, object, |cached| cached.is_none_or(|c| c.uid() != object.uid())).await;
+        self.settle(kind, object, |cached| {
+            cached.is_none_or(|c| c.uid() != object.uid())
+        })
+        .await;
         Ok(())
     }
 
@@ -178,7 +221,9 @@ impl Context {
         object: &DynamicObject,
         done: impl Fn(Option<&DynamicObject>) -> bool,
     ) {
-        let Some(cache) = self.managed.iter().find(|m| m.kind == kind) else { return };
+        let Some(cache) = self.managed.iter().find(|m| m.kind == kind) else {
+            return;
+        };
         let key = ObjectRef::new_with(&object.name_any(), kind.api_resource())
             .within(&object.namespace().unwrap_or_default());
         let deadline = tokio::time::Instant::now() + SETTLE_MAX;
@@ -206,7 +251,8 @@ impl Context {
 
     /// The profile is being deleted: remove everything labelled for it.
     async fn cleanup(&self, profile: &Profile) -> Result<Action> {
-        self.converge(&profile.name_any(), Desired::default(), "cleanup").await?;
+        self.converge(&profile.name_any(), Desired::default(), "cleanup")
+            .await?;
         Ok(Action::await_change())
     }
 }
@@ -263,7 +309,10 @@ pub(super) async fn reconcile(profile: Arc<Profile>, ctx: Arc<Context>) -> Resul
         other => other,
     };
     if result.is_ok() {
-        ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
     }
     result.map_err(|e| Error::Finalizer(Box::new(e)))
 }
@@ -297,7 +346,9 @@ mod tests {
 
     #[test]
     fn retry_delay_doubles_up_to_five_minutes() {
-        let secs: Vec<u64> = [1, 2, 3, 4, 6, 7, 100, u32::MAX].map(|n| retry_delay(n).as_secs()).to_vec();
+        let secs: Vec<u64> = [1, 2, 3, 4, 6, 7, 100, u32::MAX]
+            .map(|n| retry_delay(n).as_secs())
+            .to_vec();
         assert_eq!(secs, [5, 10, 20, 40, 160, 300, 300, 300]);
         assert_eq!(retry_delay(0).as_secs(), 5);
     }
@@ -311,6 +362,9 @@ mod tests {
         p.metadata.deletion_timestamp = Some(Time(Default::default()));
         assert!(finalizer_patch_due(&p), "deletion releases it");
         p.metadata.finalizers = Some(vec!["other".into()]);
-        assert!(!finalizer_patch_due(&p), "deleting without ours: nothing to do");
+        assert!(
+            !finalizer_patch_due(&p),
+            "deleting without ours: nothing to do"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! access. Decided from the Job's own ownerReferences: no state is kept between requests.
 
 use super::{
-    Decision, PROXY_CONFIG_ANNOTATION, SIDECAR_INJECT_ANNOTATION, outside_user_namespaces, owned_by_trial,
-    with_hold_until_proxy_starts,
+    Decision, PROXY_CONFIG_ANNOTATION, SIDECAR_INJECT_ANNOTATION, outside_user_namespaces,
+    owned_by_trial, with_hold_until_proxy_starts,
 };
 use crate::{
     config::{Config, ProxyStartup},
@@ -22,7 +22,11 @@ pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> 
     }
     let mut decision = Decision::start(job);
     let trial_owned = owned_by_trial(&job.metadata);
-    let Decision { object, applied, skipped } = &mut decision;
+    let Decision {
+        object,
+        applied,
+        skipped,
+    } = &mut decision;
     let template = &mut object.spec.get_or_insert_default().template;
 
     if !trial_owned {
@@ -45,7 +49,11 @@ pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> 
         spec.service_account_name = Some(settings.service_account.clone());
         changed = true;
     }
-    if spec.service_account.as_ref().is_some_and(|sa| *sa != settings.service_account) {
+    if spec
+        .service_account
+        .as_ref()
+        .is_some_and(|sa| *sa != settings.service_account)
+    {
         spec.service_account = Some(settings.service_account.clone());
         changed = true;
     }
@@ -101,7 +109,7 @@ fn set_annotation(meta: &mut ObjectMeta, key: &str, value: &str) -> bool {
 mod tests {
     use super::*;
     use crate::{
-        config::{Settings, Capabilities},
+        config::{Capabilities, Settings},
         model::{JobSpec, OwnerReference, PodTemplate, TemplateSpec},
     };
 
@@ -133,7 +141,13 @@ mod tests {
     }
 
     fn template_meta(job: &Job) -> &ObjectMeta {
-        job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap()
+        job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
     }
 
     #[test]
@@ -147,20 +161,41 @@ mod tests {
             meta.annotation("proxy.istio.io/config"),
             Some(r#"{"holdApplicationUntilProxyStarts":true}"#)
         );
-        let spec = d.object.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let spec = d
+            .object
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("default-editor"));
     }
 
     #[test]
     fn v1alpha3_trial_owner_counts_too() {
-        assert!(mutate_job(&job("Trial", "kubeflow.org/v1alpha3"), "alice", &Config::default()).changed());
+        assert!(
+            mutate_job(
+                &job("Trial", "kubeflow.org/v1alpha3"),
+                "alice",
+                &Config::default()
+            )
+            .changed()
+        );
     }
 
     #[test]
     fn hold_keeps_other_proxy_settings() {
         let mut j = trial_job();
         j.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
-            annotations: Some([("proxy.istio.io/config".to_string(), "concurrency: 2\n".to_string())].into()),
+            annotations: Some(
+                [(
+                    "proxy.istio.io/config".to_string(),
+                    "concurrency: 2\n".to_string(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         });
         let d = mutate_job(&j, "alice", &Config::default());
@@ -174,16 +209,25 @@ mod tests {
     fn no_hold_annotation_in_wait_ready_or_sleep_modes() {
         for mode in ["wait-ready", "sleep"] {
             let yaml = format!("katib:\n  proxyStartup: {mode}\n");
-            let config = Settings::from_yaml(&yaml, "t").unwrap().resolve(&Capabilities::modern());
+            let config = Settings::from_yaml(&yaml, "t")
+                .unwrap()
+                .resolve(&Capabilities::modern());
             let d = mutate_job(&trial_job(), "alice", &config);
             assert_eq!(d.applied, vec![RULE]);
-            assert_eq!(template_meta(&d.object).annotation("proxy.istio.io/config"), None);
+            assert_eq!(
+                template_meta(&d.object).annotation("proxy.istio.io/config"),
+                None
+            );
         }
     }
 
     #[test]
     fn job_without_trial_owner_is_unchanged() {
-        for j in [job("CronJob", "batch/v1"), job("Trial", "example.com/v1"), Job::default()] {
+        for j in [
+            job("CronJob", "batch/v1"),
+            job("Trial", "example.com/v1"),
+            Job::default(),
+        ] {
             let d = mutate_job(&j, "alice", &Config::default());
             assert!(!d.changed(), "{j:?}");
             assert_eq!(d.object, j);
@@ -222,9 +266,24 @@ mod tests {
     #[test]
     fn deprecated_service_account_is_kept_in_step() {
         let mut j = trial_job();
-        j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().service_account = Some("x".into());
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .service_account = Some("x".into());
         let d = mutate_job(&j, "alice", &Config::default());
-        let spec = d.object.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let spec = d
+            .object
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
         assert_eq!(spec.service_account.as_deref(), Some("default-editor"));
     }
 }

@@ -32,9 +32,18 @@ const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
 pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
     let settings = &config.settings;
-    let Decision { object: pod, applied, skipped } = decision;
+    let Decision {
+        object: pod,
+        applied,
+        skipped,
+    } = decision;
     let Some(spec) = &mut pod.spec else { return };
-    let is_collector = |c: &Container| settings.katib.metrics_collector_containers.contains(&c.name);
+    let is_collector = |c: &Container| {
+        settings
+            .katib
+            .metrics_collector_containers
+            .contains(&c.name)
+    };
     let Some(collector) = spec.containers.iter().position(is_collector) else {
         return;
     };
@@ -46,7 +55,11 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
         skipped.push("istio-proxy is a native sidecar: nothing to wrap".into());
         return;
     }
-    if !spec.containers.iter().any(|c| c.name == settings.istio.proxy_container) {
+    if !spec
+        .containers
+        .iter()
+        .any(|c| c.name == settings.istio.proxy_container)
+    {
         skipped.push("trial pod has no istio-proxy container".into());
         return;
     }
@@ -55,15 +68,25 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
     if holds_until_proxy_starts(&pod.metadata) {
         skipped.push("Istio holds the application until the proxy starts".into());
     } else {
-        let job_name = JOB_NAME_LABELS.iter().find_map(|key| pod.metadata.label(key));
-        match training_container(spec, job_name, &is_collector, &settings.istio.proxy_container) {
+        let job_name = JOB_NAME_LABELS
+            .iter()
+            .find_map(|key| pod.metadata.label(key));
+        match training_container(
+            spec,
+            job_name,
+            &is_collector,
+            &settings.istio.proxy_container,
+        ) {
             None => skipped.push("trial pod has no training container".into()),
             Some(training) => {
                 let container = &mut spec.containers[training];
                 match original_argv(container) {
-                    None => skipped.push("training container has no command: its image entrypoint is unknown".into()),
+                    None => skipped.push(
+                        "training container has no command: its image entrypoint is unknown".into(),
+                    ),
                     Some(argv) => {
-                        let script = format!("{}exec {}\n", wait_for_proxy(config), join_quoted(&argv));
+                        let script =
+                            format!("{}exec {}\n", wait_for_proxy(config), join_quoted(&argv));
                         run_script(container, script);
                         wrapped.push(container.name.clone());
                         applied.push(STARTUP_RULE);
@@ -75,13 +98,17 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
 
     let container = &mut spec.containers[collector];
     let argv = collector_argv(container, &settings.katib.metrics_collector_entrypoint);
-    let log = container.termination_message_path.as_deref().unwrap_or(DEFAULT_TERMINATION_LOG);
+    let log = container
+        .termination_message_path
+        .as_deref()
+        .unwrap_or(DEFAULT_TERMINATION_LOG);
     let script = run_then_stop_proxy(&argv, log, config);
     run_script(container, script);
     wrapped.push(container.name.clone());
     applied.push(SHUTDOWN_RULE);
 
-    pod.metadata.set_annotation(WRAPPED_ANNOTATION, &wrapped.join(","));
+    pod.metadata
+        .set_annotation(WRAPPED_ANNOTATION, &wrapped.join(","));
 }
 
 /// Istio >= 1.27 on Kubernetes >= 1.28 injects the proxy as an init container with
@@ -102,13 +129,23 @@ fn training_container(
 ) -> Option<usize> {
     job_name
         .and_then(|name| spec.containers.iter().position(|c| c.name == name))
-        .or_else(|| spec.containers.iter().position(|c| !is_collector(c) && c.name != proxy))
+        .or_else(|| {
+            spec.containers
+                .iter()
+                .position(|c| !is_collector(c) && c.name != proxy)
+        })
 }
 
 /// The program and arguments the container runs, when the pod says (it has a `command`).
 fn original_argv(container: &Container) -> Option<Vec<String>> {
     let command = container.command.as_ref().filter(|c| !c.is_empty())?;
-    Some(command.iter().chain(container.args.iter().flatten()).cloned().collect())
+    Some(
+        command
+            .iter()
+            .chain(container.args.iter().flatten())
+            .cloned()
+            .collect(),
+    )
 }
 
 /// The collector's program and arguments, with `-w false` when it runs Katib's own entrypoint.
@@ -117,7 +154,11 @@ fn collector_argv(container: &Container, entrypoint: &str) -> Vec<String> {
         // A custom command: its flags are not Katib's, leave them alone.
         return argv;
     }
-    let mut argv = vec![entrypoint.to_string(), WAIT_ALL_FLAG.to_string(), "false".to_string()];
+    let mut argv = vec![
+        entrypoint.to_string(),
+        WAIT_ALL_FLAG.to_string(),
+        "false".to_string(),
+    ];
     let mut args = container.args.iter().flatten();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -196,7 +237,10 @@ pub fn shell_quote(word: &str) -> String {
 }
 
 fn join_quoted(argv: &[String]) -> String {
-    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+    argv.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -217,11 +261,22 @@ mod tests {
     };
 
     /// Arguments a shell would love to interpret.
-    const NASTY: [&str; 9] =
-        ["it's", "$(touch /tmp/tf-pwned)", "a  b", "\"dq\"", "line\nbreak", "`id`", "*", "", "; exit 7"];
+    const NASTY: [&str; 9] = [
+        "it's",
+        "$(touch /tmp/tf-pwned)",
+        "a  b",
+        "\"dq\"",
+        "line\nbreak",
+        "`id`",
+        "*",
+        "",
+        "; exit 7",
+    ];
 
     fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t").unwrap().resolve(&Capabilities::modern())
+        Settings::from_yaml(yaml, "t")
+            .unwrap()
+            .resolve(&Capabilities::modern())
     }
 
     fn container(name: &str, command: Option<&[&str]>, args: &[&str]) -> Container {
@@ -250,7 +305,11 @@ mod tests {
                 ..Default::default()
             },
             spec: Some(PodSpec {
-                containers: vec![training, collector, container("istio-proxy", None, &["proxy"])],
+                containers: vec![
+                    training,
+                    collector,
+                    container("istio-proxy", None, &["proxy"]),
+                ],
                 ..Default::default()
             }),
         }
@@ -258,11 +317,24 @@ mod tests {
 
     fn katib_pod() -> Pod {
         trial_pod(
-            container("training-container", Some(&["python3", "/opt/train.py"]), &["--lr", "0.1"]),
+            container(
+                "training-container",
+                Some(&["python3", "/opt/train.py"]),
+                &["--lr", "0.1"],
+            ),
             container(
                 "metrics-logger-and-collector",
                 None,
-                &["-t", "trial-1", "-m", "accuracy", "-w", "true", "-path", "/var/log/katib/metrics.log"],
+                &[
+                    "-t",
+                    "trial-1",
+                    "-m",
+                    "accuracy",
+                    "-w",
+                    "true",
+                    "-path",
+                    "/var/log/katib/metrics.log",
+                ],
             ),
         )
     }
@@ -290,9 +362,15 @@ mod tests {
             Some("training-container,metrics-logger-and-collector")
         );
         let training = script(pod, 0);
-        assert!(training.contains("'http://127.0.0.1:15021/healthz/ready'"), "{training}");
+        assert!(
+            training.contains("'http://127.0.0.1:15021/healthz/ready'"),
+            "{training}"
+        );
         assert!(training.contains("tf_left=60"), "{training}");
-        assert!(training.ends_with("exec 'python3' '/opt/train.py' '--lr' '0.1'\n"), "{training}");
+        assert!(
+            training.ends_with("exec 'python3' '/opt/train.py' '--lr' '0.1'\n"),
+            "{training}"
+        );
         let collector = script(pod, 1);
         assert!(
             collector.starts_with(
@@ -300,14 +378,25 @@ mod tests {
             ),
             "{collector}"
         );
-        assert!(collector.contains("-X POST 'http://127.0.0.1:15020/quitquitquit'"), "{collector}");
-        assert!(collector.contains("tf_log='/dev/termination-log'"), "{collector}");
-        assert_eq!(pod.spec.as_ref().unwrap().containers[2], katib_pod().spec.unwrap().containers[2]);
+        assert!(
+            collector.contains("-X POST 'http://127.0.0.1:15020/quitquitquit'"),
+            "{collector}"
+        );
+        assert!(
+            collector.contains("tf_log='/dev/termination-log'"),
+            "{collector}"
+        );
+        assert_eq!(
+            pod.spec.as_ref().unwrap().containers[2],
+            katib_pod().spec.unwrap().containers[2]
+        );
     }
 
     #[test]
     fn legacy_modes_sleep_and_pkill() {
-        let c = config("kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  sleepSeconds: 12\n  proxyShutdown: pkill\n");
+        let c = config(
+            "kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  sleepSeconds: 12\n  proxyShutdown: pkill\n",
+        );
         let d = wrapped(&katib_pod(), &c);
         assert!(script(&d.object, 0).starts_with("sleep 12\nexec 'python3'"));
         assert!(script(&d.object, 1).contains("pkill -INT 'pilot-agent'"));
@@ -316,10 +405,16 @@ mod tests {
     #[test]
     fn hold_annotation_leaves_the_training_container_alone() {
         let mut pod = katib_pod();
-        pod.metadata.set_annotation("proxy.istio.io/config", "holdApplicationUntilProxyStarts: true\n");
+        pod.metadata.set_annotation(
+            "proxy.istio.io/config",
+            "holdApplicationUntilProxyStarts: true\n",
+        );
         let d = wrapped(&pod, &config("kfpAccess: header"));
         assert_eq!(d.applied, vec![SHUTDOWN_RULE]);
-        assert_eq!(d.object.spec.as_ref().unwrap().containers[0], pod.spec.as_ref().unwrap().containers[0]);
+        assert_eq!(
+            d.object.spec.as_ref().unwrap().containers[0],
+            pod.spec.as_ref().unwrap().containers[0]
+        );
     }
 
     #[test]
@@ -327,8 +422,10 @@ mod tests {
         let mut pod = katib_pod();
         let spec = pod.spec.as_mut().unwrap();
         spec.containers.pop();
-        spec.init_containers =
-            Some(vec![InitContainer { name: "istio-proxy".into(), restart_policy: Some("Always".into()) }]);
+        spec.init_containers = Some(vec![InitContainer {
+            name: "istio-proxy".into(),
+            restart_policy: Some("Always".into()),
+        }]);
         let d = wrapped(&pod, &config("kfpAccess: header"));
         assert!(!d.changed(), "{:?}", d.applied);
         assert_eq!(d.object, pod);
@@ -353,19 +450,33 @@ mod tests {
             container("training-container", None, &["--epochs", "3"]),
             container("metrics-collector", None, &[]),
         );
-        let d = wrapped(&pod, &config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n"));
+        let d = wrapped(
+            &pod,
+            &config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n"),
+        );
         assert_eq!(d.applied, vec![SHUTDOWN_RULE]);
-        assert_eq!(d.object.spec.as_ref().unwrap().containers[0], pod.spec.as_ref().unwrap().containers[0]);
-        assert!(d.skipped.iter().any(|s| s.contains("no command")), "{:?}", d.skipped);
+        assert_eq!(
+            d.object.spec.as_ref().unwrap().containers[0],
+            pod.spec.as_ref().unwrap().containers[0]
+        );
+        assert!(
+            d.skipped.iter().any(|s| s.contains("no command")),
+            "{:?}",
+            d.skipped
+        );
     }
 
     #[test]
     fn container_named_after_the_job_is_the_training_container() {
         let mut pod = katib_pod();
         let spec = pod.spec.as_mut().unwrap();
-        spec.containers.insert(0, container("helper", Some(&["sleep"]), &["1"]));
+        spec.containers
+            .insert(0, container("helper", Some(&["sleep"]), &["1"]));
         spec.containers[1].name = "trial-1".into();
-        let d = wrapped(&pod, &config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n"));
+        let d = wrapped(
+            &pod,
+            &config("kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n"),
+        );
         let containers = &d.object.spec.as_ref().unwrap().containers;
         assert_eq!(containers[0], container("helper", Some(&["sleep"]), &["1"]));
         assert!(script(&d.object, 1).contains("exec 'python3'"));
@@ -373,7 +484,10 @@ mod tests {
 
     #[test]
     fn wrapping_twice_changes_nothing() {
-        for yaml in ["kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n", "kfpAccess: token"] {
+        for yaml in [
+            "kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n",
+            "kfpAccess: token",
+        ] {
             let c = config(yaml);
             let once = wrapped(&katib_pod(), &c).object;
             let twice = wrapped(&once, &c);
@@ -384,12 +498,17 @@ mod tests {
 
     #[test]
     fn scripts_survive_kubelet_variable_expansion() {
-        for yaml in ["kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n", "kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  proxyShutdown: pkill\n"] {
+        for yaml in [
+            "kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n",
+            "kfpAccess: header\nkatib:\n  proxyStartup: sleep\n  proxyShutdown: pkill\n",
+        ] {
             let d = wrapped(&katib_pod(), &config(yaml));
             for index in [0, 1] {
                 let script = script(&d.object, index);
                 assert!(!script.contains("$$"), "{script}");
-                let expanded = script.match_indices("$(").filter(|(i, _)| !script[i + 2..].starts_with('('));
+                let expanded = script
+                    .match_indices("$(")
+                    .filter(|(i, _)| !script[i + 2..].starts_with('('));
                 assert_eq!(expanded.count(), 0, "{script}");
             }
         }
@@ -408,12 +527,19 @@ mod tests {
 
     /// Runs a wrapped container's script the way the kubelet would.
     fn run(script: &str) -> std::process::Output {
-        Command::new("/bin/sh").args(["-c", script]).output().unwrap()
+        Command::new("/bin/sh")
+            .args(["-c", script])
+            .output()
+            .unwrap()
     }
 
     /// Runs a collector script with its own scratch directory (each container has its own /tmp).
     fn run_in(dir: &std::path::Path, script: &str) -> std::process::Output {
-        Command::new("/bin/sh").args(["-c", script]).env("TMPDIR", dir).output().unwrap()
+        Command::new("/bin/sh")
+            .args(["-c", script])
+            .env("TMPDIR", dir)
+            .output()
+            .unwrap()
     }
 
     #[test]
@@ -439,7 +565,10 @@ mod tests {
     }
 
     /// An HTTP server answering one request with `status`; sends the request line back.
-    fn one_shot_server(status: &'static str, on_request: impl FnOnce() + Send + 'static) -> (String, mpsc::Receiver<String>) {
+    fn one_shot_server(
+        status: &'static str,
+        on_request: impl FnOnce() + Send + 'static,
+    ) -> (String, mpsc::Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::channel();
@@ -447,9 +576,17 @@ mod tests {
             let (mut stream, _) = listener.accept().unwrap();
             let mut buf = [0u8; 4096];
             let n = stream.read(&mut buf).unwrap();
-            let request = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+            let request = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
             on_request();
-            write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+            write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
             tx.send(request).unwrap();
         });
         (url, rx)
@@ -472,10 +609,20 @@ mod tests {
     }
 
     fn collector_pod(log: &std::path::Path, code: i32) -> Pod {
-        let body = format!("printf 'collector says %s' \"$1\" > {}; exit {code}", shell_quote(&log.display().to_string()));
-        let mut collector = container("metrics-collector", Some(&["/bin/sh", "-c", &body, "sh"]), &["it's done"]);
+        let body = format!(
+            "printf 'collector says %s' \"$1\" > {}; exit {code}",
+            shell_quote(&log.display().to_string())
+        );
+        let mut collector = container(
+            "metrics-collector",
+            Some(&["/bin/sh", "-c", &body, "sh"]),
+            &["it's done"],
+        );
         collector.termination_message_path = Some(log.display().to_string());
-        trial_pod(container("training-container", Some(&["true"]), &[]), collector)
+        trial_pod(
+            container("training-container", Some(&["true"]), &[]),
+            collector,
+        )
     }
 
     #[test]
@@ -485,14 +632,23 @@ mod tests {
         let log = dir.join("termination-log");
         let clobber = log.clone();
         // The proxy's shutdown overwrites the termination log, as the prototype saw.
-        let (url, requests) =
-            one_shot_server("200 OK", move || std::fs::write(&clobber, "proxy was here").unwrap());
+        let (url, requests) = one_shot_server("200 OK", move || {
+            std::fs::write(&clobber, "proxy was here").unwrap()
+        });
         let yaml = format!("kfpAccess: header\nistio:\n  quitUrl: {url}/quitquitquit\n");
         let d = wrapped(&collector_pod(&log, 3), &config(&yaml));
         let out = run_in(&dir, script(&d.object, 1));
-        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(requests.recv().unwrap().starts_with("POST /quitquitquit"));
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), "collector says it's done");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "collector says it's done"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -506,7 +662,10 @@ mod tests {
         let out = run_in(&dir, script(&d.object, 1));
         assert_eq!(out.status.code(), Some(0));
         assert!(String::from_utf8_lossy(&out.stderr).contains("could not stop istio-proxy"));
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), "collector says it's done");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "collector says it's done"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -520,7 +679,9 @@ mod tests {
         std::fs::copy("/bin/sleep", &agent_path).unwrap();
         let mut agent = Command::new(&agent_path).arg("60").spawn().unwrap();
         let log = dir.join("termination-log");
-        let yaml = format!("kfpAccess: header\nkatib:\n  proxyShutdown: pkill\nistio:\n  pilotAgentProcess: {name}\n");
+        let yaml = format!(
+            "kfpAccess: header\nkatib:\n  proxyShutdown: pkill\nistio:\n  pilotAgentProcess: {name}\n"
+        );
         let d = wrapped(&collector_pod(&log, 5), &config(&yaml));
         let out = run_in(&dir, script(&d.object, 1));
         assert_eq!(out.status.code(), Some(5));

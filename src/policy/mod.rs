@@ -36,7 +36,11 @@ pub struct Decision<T> {
 
 impl<T: Clone> Decision<T> {
     fn start(object: &T) -> Self {
-        Self { object: object.clone(), applied: Vec::new(), skipped: Vec::new() }
+        Self {
+            object: object.clone(),
+            applied: Vec::new(),
+            skipped: Vec::new(),
+        }
     }
 
     fn unchanged(object: &T, reason: impl Into<Cow<'static, str>>) -> Self {
@@ -76,7 +80,9 @@ fn with_hold_until_proxy_starts(existing: Option<&str>) -> Option<String> {
     let mut config = match existing {
         None => serde_json::Map::new(),
         Some(text) if text.trim().is_empty() => serde_json::Map::new(),
-        Some(text) => serde_yaml::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok()?,
+        Some(text) => {
+            serde_yaml::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok()?
+        }
     };
     config.insert(HOLD_KEY.into(), serde_json::Value::Bool(true));
     serde_json::to_string(&config).ok()
@@ -84,7 +90,10 @@ fn with_hold_until_proxy_starts(existing: Option<&str>) -> Option<String> {
 
 /// Why a Trial or a Trial Job in `namespace` is left alone, if it is: Katib's own objects live
 /// in the Kubeflow namespace, and excluded namespaces are never touched.
-fn outside_user_namespaces(namespace: &str, config: &crate::config::Config) -> Option<&'static str> {
+fn outside_user_namespaces(
+    namespace: &str,
+    config: &crate::config::Config,
+) -> Option<&'static str> {
     if namespace == config.settings.kubeflow_namespace {
         Some("in the Kubeflow namespace")
     } else if config.namespace_excluded(namespace) {

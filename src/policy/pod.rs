@@ -43,7 +43,12 @@ pub fn mutate_pod(pod: &Pod, namespace: &str, config: &Config) -> Decision<Pod> 
         match &mut decision.object.spec {
             // The API server only projects tokens of a named account; in a cluster the
             // ServiceAccount admission plugin has named one before webhooks run.
-            Some(spec) if spec.service_account_name.as_deref().is_some_and(|sa| !sa.is_empty()) => {
+            Some(spec)
+                if spec
+                    .service_account_name
+                    .as_deref()
+                    .is_some_and(|sa| !sa.is_empty()) =>
+            {
                 if token::inject_token(spec, config) {
                     decision.applied(token::RULE);
                 }
@@ -74,18 +79,28 @@ mod tests {
     };
 
     fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t").unwrap().resolve(&Capabilities::modern())
+        Settings::from_yaml(yaml, "t")
+            .unwrap()
+            .resolve(&Capabilities::modern())
     }
 
     fn pod(labels: &[(&str, &str)]) -> Pod {
         Pod {
             metadata: ObjectMeta {
                 name: Some("p".into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {
-                containers: vec![Container { name: "main".into(), ..Default::default() }],
+                containers: vec![Container {
+                    name: "main".into(),
+                    ..Default::default()
+                }],
                 service_account_name: Some("default-editor".into()),
                 ..Default::default()
             }),
@@ -94,21 +109,42 @@ mod tests {
 
     #[test]
     fn notebook_pod_gets_the_label_header_mode() {
-        let d = mutate_pod(&pod(&[("notebook-name", "nb")]), "alice", &config("kfpAccess: header"));
+        let d = mutate_pod(
+            &pod(&[("notebook-name", "nb")]),
+            "alice",
+            &config("kfpAccess: header"),
+        );
         assert_eq!(d.applied, vec![NOTEBOOK_RULE]);
         assert_eq!(d.object.metadata.label("kubeflow-extension"), Some("true"));
-        assert_eq!(d.object.spec, pod(&[]).spec, "header mode changes labels only");
+        assert_eq!(
+            d.object.spec,
+            pod(&[]).spec,
+            "header mode changes labels only"
+        );
     }
 
     #[test]
     fn notebook_pod_gets_label_and_token_in_token_mode() {
-        let d = mutate_pod(&pod(&[("notebook-name", "nb")]), "alice", &config("kfpAccess: token"));
+        let d = mutate_pod(
+            &pod(&[("notebook-name", "nb")]),
+            "alice",
+            &config("kfpAccess: token"),
+        );
         assert_eq!(d.applied, vec![NOTEBOOK_RULE, token::RULE]);
         let spec = d.object.spec.as_ref().unwrap();
         let c = &spec.containers[0];
-        assert_eq!(c.env.as_ref().unwrap()[0].name, "KF_PIPELINES_SA_TOKEN_PATH");
-        assert_eq!(c.env.as_ref().unwrap()[0].rest["value"], "/var/run/secrets/kubeflow/pipelines/token");
-        assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/var/run/secrets/kubeflow/pipelines");
+        assert_eq!(
+            c.env.as_ref().unwrap()[0].name,
+            "KF_PIPELINES_SA_TOKEN_PATH"
+        );
+        assert_eq!(
+            c.env.as_ref().unwrap()[0].rest["value"],
+            "/var/run/secrets/kubeflow/pipelines/token"
+        );
+        assert_eq!(
+            c.volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/var/run/secrets/kubeflow/pipelines"
+        );
         let volume = &spec.volumes.as_ref().unwrap()[0];
         assert_eq!(volume.name, token::TOKEN_VOLUME);
         assert_eq!(
@@ -124,16 +160,29 @@ mod tests {
         let d = mutate_pod(&p, "alice", &config("kfpAccess: token"));
         assert_eq!(d.applied, vec![NOTEBOOK_RULE]);
         assert_eq!(d.object.spec, p.spec);
-        assert!(d.skipped.iter().any(|s| s.contains("no service account")), "{:?}", d.skipped);
+        assert!(
+            d.skipped.iter().any(|s| s.contains("no service account")),
+            "{:?}",
+            d.skipped
+        );
     }
 
     #[test]
     fn token_is_not_injected_into_the_proxy() {
         let mut p = pod(&[("notebook-name", "nb")]);
-        p.spec.as_mut().unwrap().containers.push(Container { name: "istio-proxy".into(), ..Default::default() });
+        p.spec.as_mut().unwrap().containers.push(Container {
+            name: "istio-proxy".into(),
+            ..Default::default()
+        });
         let d = mutate_pod(&p, "alice", &config("kfpAccess: token"));
         let proxy = &d.object.spec.as_ref().unwrap().containers[1];
-        assert_eq!(proxy, &Container { name: "istio-proxy".into(), ..Default::default() });
+        assert_eq!(
+            proxy,
+            &Container {
+                name: "istio-proxy".into(),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -147,7 +196,10 @@ mod tests {
 
     #[test]
     fn kube_system_pod_is_never_touched() {
-        for p in [pod(&[("notebook-name", "nb")]), pod(&[("kubeflow-extension", "true")])] {
+        for p in [
+            pod(&[("notebook-name", "nb")]),
+            pod(&[("kubeflow-extension", "true")]),
+        ] {
             let d = mutate_pod(&p, "kube-system", &Config::default());
             assert!(!d.changed());
             assert_eq!(d.object, p);
@@ -156,7 +208,11 @@ mod tests {
 
     #[test]
     fn self_labelled_pod_loses_the_reserved_label() {
-        let d = mutate_pod(&pod(&[("kubeflow-extension", "true"), ("app", "x")]), "alice", &Config::default());
+        let d = mutate_pod(
+            &pod(&[("kubeflow-extension", "true"), ("app", "x")]),
+            "alice",
+            &Config::default(),
+        );
         assert_eq!(d.applied, vec![RESERVED_RULE]);
         assert_eq!(d.object.metadata.label("kubeflow-extension"), None);
         assert_eq!(d.object.metadata.label("app"), Some("x"));

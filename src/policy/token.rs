@@ -46,7 +46,10 @@ pub fn token_injection(config: &Config) -> TokenInjection {
             mount_path: kfp.token_mount_path.clone(),
             read_only: Some(true),
         },
-        env: Named { name: TOKEN_PATH_ENV.into(), rest: body(json!({"value": config.token_file()})) },
+        env: Named {
+            name: TOKEN_PATH_ENV.into(),
+            rest: body(json!({"value": config.token_file()})),
+        },
     }
 }
 
@@ -62,7 +65,10 @@ pub(super) fn inject_token(spec: &mut PodSpec, config: &Config) -> bool {
             continue;
         }
         let mounts = container.volume_mounts.get_or_insert_default();
-        if !mounts.iter().any(|m| m.mount_path == injection.mount.mount_path) {
+        if !mounts
+            .iter()
+            .any(|m| m.mount_path == injection.mount.mount_path)
+        {
             mounts.push(injection.mount.clone());
             mounted = true;
             changed = true;

@@ -15,7 +15,10 @@ pub fn mutate_trial(trial: &Trial, namespace: &str, config: &Config) -> Decision
     if trial.metadata.label(&settings.extension_label) == Some("true") {
         decision.skip("already labelled");
     } else {
-        decision.object.metadata.set_label(&settings.extension_label, "true");
+        decision
+            .object
+            .metadata
+            .set_label(&settings.extension_label, "true");
         decision.applied(RULE);
     }
     decision
@@ -27,7 +30,12 @@ mod tests {
     use crate::model::ObjectMeta;
 
     fn trial() -> Trial {
-        Trial { metadata: ObjectMeta { name: Some("t1".into()), ..Default::default() } }
+        Trial {
+            metadata: ObjectMeta {
+                name: Some("t1".into()),
+                ..Default::default()
+            },
+        }
     }
 
     #[test]

@@ -84,7 +84,12 @@ async fn mutate(State(config): State<Arc<Config>>, body: Bytes) -> Response {
             };
             tracing::warn!(%error, status = status.as_u16(), bytes = body.len(), "rejected webhook request");
             let reason = error.to_string().replace('\n', " ");
-            (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{reason}\n")).into_response()
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("{reason}\n"),
+            )
+                .into_response()
         }
     }
 }
@@ -106,7 +111,10 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for TransportAccep
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         let _ = stream.set_nodelay(true);
-        std::future::ready(Ok((tokio::io::BufReader::with_capacity(READ_BUFFER, stream), service)))
+        std::future::ready(Ok((
+            tokio::io::BufReader::with_capacity(READ_BUFFER, stream),
+            service,
+        )))
     }
 }
 
@@ -131,7 +139,8 @@ pub async fn serve(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| WebhookError::Bind { addr, source })?;
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| WebhookError::Bind { addr, source })?;
     serve_listener(listener, tls, config, shutdown).await
 }
 
@@ -145,14 +154,20 @@ pub async fn serve_listener(
 ) -> Result<()> {
     let rustls = tls.load().await?;
     let local = listener.local_addr().map_err(WebhookError::Serve)?;
-    let server = https_server(listener, rustls.clone()).map_err(|source| WebhookError::Bind { addr: local, source })?;
+    let server = https_server(listener, rustls.clone()).map_err(|source| WebhookError::Bind {
+        addr: local,
+        source,
+    })?;
 
     let handle = Handle::new();
     let stopper = tokio::spawn({
         let handle = handle.clone();
         async move {
             shutdown.await;
-            tracing::info!(grace_seconds = SHUTDOWN_GRACE.as_secs(), "shutting down the webhook server");
+            tracing::info!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "shutting down the webhook server"
+            );
             handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
         }
     });
@@ -160,7 +175,10 @@ pub async fn serve_listener(
 
     // The socket is bound and listening already: connections made from now on are served.
     tracing::info!("listening on https://{local}");
-    let result = server.handle(handle).serve(router(config).into_make_service()).await;
+    let result = server
+        .handle(handle)
+        .serve(router(config).into_make_service())
+        .await;
     stopper.abort();
     reloader.abort();
     result.map_err(WebhookError::Serve)?;

@@ -23,22 +23,34 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        Self { cert: cert.into(), key: key.into() }
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+        }
     }
 
     /// Reads both files into a rustls server configuration (TLS 1.3 and 1.2, ALPN h2 and
     /// http/1.1, ring provider).
     pub async fn load(&self) -> Result<RustlsConfig, WebhookError> {
-        RustlsConfig::from_pem_file(&self.cert, &self.key).await.map_err(|source| self.error(source))
+        RustlsConfig::from_pem_file(&self.cert, &self.key)
+            .await
+            .map_err(|source| self.error(source))
     }
 
     fn error(&self, source: io::Error) -> WebhookError {
-        WebhookError::Tls { cert: self.cert.clone(), key: self.key.clone(), source }
+        WebhookError::Tls {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            source,
+        }
     }
 
     /// What identifies the files' current contents without reading them.
     async fn stamp(&self) -> Option<Stamp> {
-        Some(Stamp { cert: file_stamp(&self.cert).await?, key: file_stamp(&self.key).await? })
+        Some(Stamp {
+            cert: file_stamp(&self.cert).await?,
+            key: file_stamp(&self.key).await?,
+        })
     }
 }
 
@@ -96,7 +108,8 @@ mod tests {
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tenancy-fixer-tls-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tenancy-fixer-tls-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -106,7 +119,10 @@ mod tests {
     async fn missing_files_name_both_paths() {
         let files = TlsFiles::new("/nonexistent/tls.crt", "/nonexistent/tls.key");
         let error = files.load().await.err().unwrap().to_string();
-        assert!(error.contains("/nonexistent/tls.crt") && error.contains("/nonexistent/tls.key"), "{error}");
+        assert!(
+            error.contains("/nonexistent/tls.crt") && error.contains("/nonexistent/tls.key"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -115,17 +131,27 @@ mod tests {
         let files = write_pair(&dir, "first.example");
         let config = files.load().await.unwrap();
         let first = config.get_inner();
-        let watcher = tokio::spawn(watch(config.clone(), files.clone(), Duration::from_millis(50)));
+        let watcher = tokio::spawn(watch(
+            config.clone(),
+            files.clone(),
+            Duration::from_millis(50),
+        ));
 
         // A half-written pair (garbage key) is not loaded.
         std::fs::write(&files.key, "not a key").unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(Arc::ptr_eq(&first, &config.get_inner()), "a broken key must not replace the certificate");
+        assert!(
+            Arc::ptr_eq(&first, &config.get_inner()),
+            "a broken key must not replace the certificate"
+        );
 
         write_pair(&dir, "second.example");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while Arc::ptr_eq(&first, &config.get_inner()) {
-            assert!(tokio::time::Instant::now() < deadline, "certificate was not reloaded");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "certificate was not reloaded"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         watcher.abort();

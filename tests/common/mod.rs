@@ -27,7 +27,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("tenancy-fixer-test-{tag}-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tenancy-fixer-test-{tag}-{}-{n}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -45,18 +48,27 @@ impl TestTls {
     pub fn new() -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.distinguished_name.push(DnType::CommonName, "tenancy-fixer test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tenancy-fixer test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
 
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "tenancy-fixer");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tenancy-fixer");
         let cert = params.signed_by(&key, &issuer).unwrap();
 
         let dir = temp_dir("tls");
-        let tls = TestTls { cert: dir.join("tls.crt"), key: dir.join("tls.key"), ca_pem: ca_cert.pem(), dir };
+        let tls = TestTls {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca_pem: ca_cert.pem(),
+            dir,
+        };
         std::fs::write(&tls.cert, cert.pem()).unwrap();
         std::fs::write(&tls.key, key.serialize_pem()).unwrap();
         tls
@@ -66,12 +78,16 @@ impl TestTls {
     pub fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         let der = pem_to_der(&self.ca_pem);
-        roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .unwrap();
         roots
     }
 
     pub fn client_config(&self) -> rustls::ClientConfig {
-        rustls::ClientConfig::builder().with_root_certificates(self.roots()).with_no_client_auth()
+        rustls::ClientConfig::builder()
+            .with_root_certificates(self.roots())
+            .with_no_client_auth()
     }
 
     /// An HTTP/1.1 client over TLS that trusts only the test CA.
@@ -81,7 +97,9 @@ impl TestTls {
             .https_only()
             .enable_http1()
             .build();
-        HttpsClient { inner: Client::builder(TokioExecutor::new()).build(connector) }
+        HttpsClient {
+            inner: Client::builder(TokioExecutor::new()).build(connector),
+        }
     }
 }
 
@@ -93,7 +111,9 @@ impl Drop for TestTls {
 
 fn pem_to_der(pem: &str) -> Vec<u8> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 pub struct HttpsClient {
@@ -110,7 +130,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn content_type(&self) -> &str {
-        self.headers.get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub fn text(&self) -> String {
@@ -118,7 +141,8 @@ impl Reply {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -130,11 +154,19 @@ impl HttpsClient {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body.into()))
             .unwrap();
-        let response = self.inner.request(request).await.unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
+        let response = self
+            .inner
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn post(&self, url: &str, body: impl Into<Bytes>) -> Reply {
@@ -147,7 +179,9 @@ impl HttpsClient {
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// A fixture under tests/data, parsed.

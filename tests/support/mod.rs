@@ -106,7 +106,15 @@ pub struct Serve {
 impl Serve {
     /// Starts `serve` against the control plane with `settings_yaml`, on `port` (0 = free).
     pub fn start(plane: &ControlPlane, settings_yaml: &str, tls: &WebhookTls, port: u16) -> Serve {
-        Self::start_with(plane, settings_yaml, tls, port, &[], &[], "listening on https://")
+        Self::start_with(
+            plane,
+            settings_yaml,
+            tls,
+            port,
+            &[],
+            &[],
+            "listening on https://",
+        )
     }
 
     /// Like [`Serve::start`], with extra flags and environment, ready once a log line contains
@@ -153,7 +161,12 @@ impl Serve {
         wait_for_line(child.stderr.take().unwrap(), ready_marker, TIMEOUT)
             .unwrap_or_else(|| panic!("serve did not log {ready_marker:?}"));
         let stdin = child.stdin.take();
-        Serve { port, config_file, child, stdin }
+        Serve {
+            port,
+            config_file,
+            child,
+            stdin,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -178,7 +191,11 @@ impl Drop for Serve {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Registers the webhook for `serve` and waits until the API server calls it.
@@ -210,8 +227,10 @@ pub async fn delete_namespace(client: &Client, name: &str) {
 
 /// A minimal pod manifest with the given labels.
 pub fn pod_json(name: &str, labels: &[(&str, &str)]) -> Value {
-    let labels: serde_json::Map<String, Value> =
-        labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -224,8 +243,14 @@ pub fn pod_json(name: &str, labels: &[(&str, &str)]) -> Value {
 }
 
 /// The API for a manifest's kind, in `namespace` (None: cluster-scoped).
-pub async fn api_for(client: &Client, namespace: Option<&str>, manifest: &Value) -> Api<DynamicObject> {
-    tenancy_fixer::local::api_for(client, namespace, manifest).await.unwrap()
+pub async fn api_for(
+    client: &Client,
+    namespace: Option<&str>,
+    manifest: &Value,
+) -> Api<DynamicObject> {
+    tenancy_fixer::local::api_for(client, namespace, manifest)
+        .await
+        .unwrap()
 }
 
 /// Creates an object of any kind from its manifest and returns it as stored.
@@ -243,7 +268,8 @@ pub fn expected(manifest: &Value, namespace: &str, config: &Config) -> Value {
     )
     .unwrap();
     let mutation =
-        tenancy_fixer::admission::mutate(target, &manifest.to_string(), Some(namespace), config).unwrap();
+        tenancy_fixer::admission::mutate(target, &manifest.to_string(), Some(namespace), config)
+            .unwrap();
     let mut object = manifest.clone();
     json_patch::patch(&mut object, &mutation.patch).unwrap();
     object
@@ -256,7 +282,9 @@ pub fn assert_stored_as(actual: &Value, expected: &Value) {
         match (expected, actual) {
             (Value::Object(e), Value::Object(a)) => {
                 for (k, v) in e {
-                    let a = a.get(k).unwrap_or_else(|| panic!("{path}/{k} missing in stored object"));
+                    let a = a
+                        .get(k)
+                        .unwrap_or_else(|| panic!("{path}/{k} missing in stored object"));
                     subset(&format!("{path}/{k}"), a, v);
                 }
             }

@@ -39,7 +39,13 @@ pub const ALL_CRDS: &[&str] = &[
     "poddefault",
 ];
 /// A current cluster: no `rbac.istio.io` (its CRDs live in deploy/crds/legacy-istio).
-pub const MODERN_CRDS: &[&str] = &["profile", "trial", "envoyfilter", "authorizationpolicy", "poddefault"];
+pub const MODERN_CRDS: &[&str] = &[
+    "profile",
+    "trial",
+    "envoyfilter",
+    "authorizationpolicy",
+    "poddefault",
+];
 
 struct Running {
     plane: &'static ControlPlane,
@@ -63,18 +69,29 @@ pub async fn setup(scenario: &Scenario) -> (Client, Config) {
     let config = READY
         .get_or_init(|| async {
             let caps = tenancy_fixer::controller::discover(&client).await.unwrap();
-            let config = Settings::from_yaml(scenario.settings, "scenario").unwrap().resolve(&caps);
+            let config = Settings::from_yaml(scenario.settings, "scenario")
+                .unwrap()
+                .resolve(&caps);
             ensure_namespace(&client, &config.settings.kubeflow_namespace).await;
             register_webhook(&client, &running.serve.url(), &running.tls, &config).await;
             config
         })
         .await
         .clone();
-    assert_eq!(ManagedKind::wanted(&config), scenario.expected_kinds, "auto resolved differently");
+    assert_eq!(
+        ManagedKind::wanted(&config),
+        scenario.expected_kinds,
+        "auto resolved differently"
+    );
     (client, config)
 }
 
-pub fn managed_api(client: &Client, kind: ManagedKind, profile: &str, config: &Config) -> Api<DynamicObject> {
+pub fn managed_api(
+    client: &Client,
+    kind: ManagedKind,
+    profile: &str,
+    config: &Config,
+) -> Api<DynamicObject> {
     let namespace = match kind.home() {
         Home::Kubeflow => config.settings.kubeflow_namespace.clone(),
         Home::Profile => profile.to_string(),
@@ -111,7 +128,10 @@ pub async fn converged(client: &Client, name: &str, config: &Config) -> Vec<Dyna
 }
 
 pub async fn gone(api: &Api<DynamicObject>, name: &str, what: &str) {
-    eventually(what, || async { api.get_opt(name).await.ok()?.is_none().then_some(()) }).await;
+    eventually(what, || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
 }
 
 /// Behaviour 1: objects follow the profile, its owner, its namespace; drift is repaired.
@@ -137,7 +157,10 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
                 json!([format!("cluster.local/ns/{name}/sa/default-editor")])
             ),
             "ServiceRoleBinding" => {
-                assert_eq!(spec["roleRef"], json!({"kind": "ServiceRole", "name": "ml-pipeline-services"}));
+                assert_eq!(
+                    spec["roleRef"],
+                    json!({"kind": "ServiceRole", "name": "ml-pipeline-services"})
+                );
                 assert_eq!(
                     spec["subjects"][0]["properties"]["source.principal"],
                     format!("cluster.local/ns/{name}/sa/default-editor")
@@ -148,21 +171,34 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
         }
     }
     // Kinds the mode does not want are not created.
-    for kind in ManagedKind::ALL.into_iter().filter(|k| !ManagedKind::wanted(&config).contains(k)) {
+    for kind in ManagedKind::ALL
+        .into_iter()
+        .filter(|k| !ManagedKind::wanted(&config).contains(k))
+    {
         let api = managed_api(&client, kind, name, &config);
         if let Ok(found) = api.get_opt(&kind.object_name(name, &config)).await {
-            assert!(found.is_none(), "{kind:?} created in a mode that does not want it");
+            assert!(
+                found.is_none(),
+                "{kind:?} created in a mode that does not want it"
+            );
         }
     }
 
     // Owner change: the objects follow.
     let profiles: Api<DynamicObject> = api_for(&client, None, &profile_manifest(name, "")).await;
     let owner = json!({"spec": {"owner": {"kind": "User", "name": "second@example.com"}}});
-    profiles.patch(name, &PatchParams::default(), &Patch::Merge(&owner)).await.unwrap();
+    profiles
+        .patch(name, &PatchParams::default(), &Patch::Merge(&owner))
+        .await
+        .unwrap();
     let stored = converged(&client, name, &config).await;
-    if let Some(filter) = stored.iter().find(|o| o.types.as_ref().unwrap().kind == "EnvoyFilter") {
+    if let Some(filter) = stored
+        .iter()
+        .find(|o| o.types.as_ref().unwrap().kind == "EnvoyFilter")
+    {
         assert_eq!(
-            filter.data["spec"]["configPatches"][0]["patch"]["value"]["request_headers_to_add"][0]["header"]["value"],
+            filter.data["spec"]["configPatches"][0]["patch"]["value"]["request_headers_to_add"][0]
+                ["header"]["value"],
             "second@example.com"
         );
     }
@@ -172,7 +208,10 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
     let first = managed_api(&client, kinds[0], name, &config);
     let first_name = kinds[0].object_name(name, &config);
     let uid = first.get(&first_name).await.unwrap().uid();
-    first.delete(&first_name, &DeleteParams::default()).await.unwrap();
+    first
+        .delete(&first_name, &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("deleted object restored", || async {
         let again = first.get_opt(&first_name).await.ok()??;
         (again.uid() != uid).then_some(())
@@ -182,28 +221,57 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
     let last_api = managed_api(&client, last, name, &config);
     let last_name = last.object_name(name, &config);
     let spec = last_api.get(&last_name).await.unwrap().data["spec"].clone();
-    let list_key = spec.as_object().unwrap().iter().find(|(_, v)| v.is_array()).map(|(k, _)| k.clone()).unwrap();
+    let list_key = spec
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, v)| v.is_array())
+        .map(|(k, _)| k.clone())
+        .unwrap();
     let tamper = json!({"spec": {list_key.clone(): []}});
-    last_api.patch(&last_name, &PatchParams::default(), &Patch::Merge(&tamper)).await.unwrap();
+    last_api
+        .patch(&last_name, &PatchParams::default(), &Patch::Merge(&tamper))
+        .await
+        .unwrap();
     let restored = converged(&client, name, &config).await;
-    assert_eq!(restored.last().unwrap().data["spec"][&list_key], spec[&list_key], "edited {list_key} restored");
+    assert_eq!(
+        restored.last().unwrap().data["spec"][&list_key],
+        spec[&list_key],
+        "edited {list_key} restored"
+    );
 
     // Namespace goes: everything goes, the grant in the Kubeflow namespace included.
     delete_namespace(&client, name).await;
     for kind in ManagedKind::wanted(&config) {
-        gone(&managed_api(&client, kind, name, &config), &kind.object_name(name, &config), "objects removed with the namespace").await;
+        gone(
+            &managed_api(&client, kind, name, &config),
+            &kind.object_name(name, &config),
+            "objects removed with the namespace",
+        )
+        .await;
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    eventually("namespace deleted", || async { namespaces.get_opt(name).await.ok()?.is_none().then_some(()) }).await;
+    eventually("namespace deleted", || async {
+        namespaces.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
 
     // It comes back: so do the objects.
     ensure_namespace(&client, name).await;
     converged(&client, name, &config).await;
 
     // Profile goes: everything goes, and the profile is not held by us.
-    profiles.delete(name, &DeleteParams::default()).await.unwrap();
+    profiles
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
     for kind in ManagedKind::wanted(&config) {
-        gone(&managed_api(&client, kind, name, &config), &kind.object_name(name, &config), "objects removed with the profile").await;
+        gone(
+            &managed_api(&client, kind, name, &config),
+            &kind.object_name(name, &config),
+            "objects removed with the profile",
+        )
+        .await;
     }
     gone(&profiles, name, "profile deleted").await;
     delete_namespace(&client, name).await;
@@ -233,8 +301,7 @@ fn job_manifest(name: &str, owner: Option<(&str, &str, &str)>) -> Value {
         }},
     });
     if let Some((api_version, kind, uid)) = owner {
-        job["metadata"]["ownerReferences"] =
-            json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true}]);
+        job["metadata"]["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": true}]);
     }
     job
 }
@@ -266,7 +333,11 @@ fn katib_pod_manifest(name: &str, job: &str, job_uid: &str, native_proxy: bool) 
         },
     });
     if native_proxy {
-        let proxy = pod["spec"]["containers"].as_array_mut().unwrap().pop().unwrap();
+        let proxy = pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .pop()
+            .unwrap();
         let mut init = proxy;
         init["restartPolicy"] = json!("Always");
         pod["spec"]["initContainers"] = json!([init]);
@@ -276,7 +347,12 @@ fn katib_pod_manifest(name: &str, job: &str, job_uid: &str, native_proxy: bool) 
 
 /// Creates `manifest` through the API server and checks it was stored exactly as the offline
 /// rules say; returns the stored object.
-async fn stored_as_rules_say(client: &Client, namespace: &str, manifest: &Value, config: &Config) -> Value {
+async fn stored_as_rules_say(
+    client: &Client,
+    namespace: &str,
+    manifest: &Value,
+    config: &Config,
+) -> Value {
     let stored = create(client, Some(namespace), manifest).await;
     assert_stored_as(&stored, &expected(manifest, namespace, config));
     stored
@@ -293,13 +369,26 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     ensure_namespace(&client, ns).await;
 
     // Notebook pods get the label (and, in token mode, the KFP token).
-    let notebook = stored_as_rules_say(&client, ns, &pod_json("nb-0", &[("notebook-name", "nb")]), &config).await;
+    let notebook = stored_as_rules_say(
+        &client,
+        ns,
+        &pod_json("nb-0", &[("notebook-name", "nb")]),
+        &config,
+    )
+    .await;
     assert_eq!(label(&notebook, "kubeflow-extension"), Some("true"));
     let env_names: Vec<_> = notebook["spec"]["containers"][0]["env"]
         .as_array()
-        .map(|env| env.iter().map(|e| e["name"].as_str().unwrap().to_string()).collect())
+        .map(|env| {
+            env.iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default();
-    assert_eq!(env_names.contains(&"KF_PIPELINES_SA_TOKEN_PATH".to_string()), token_mode);
+    assert_eq!(
+        env_names.contains(&"KF_PIPELINES_SA_TOKEN_PATH".to_string()),
+        token_mode
+    );
 
     // Plain pods are stored unchanged; a pod may not claim the reserved label.
     let plain_manifest = pod_json("plain", &[("app", "x")]);
@@ -307,11 +396,21 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     assert_stored_as(&plain, &plain_manifest);
     assert_eq!(plain["metadata"]["labels"], json!({"app": "x"}));
     assert!(plain["metadata"].get("annotations").is_none());
-    let claimed = create(&client, Some(ns), &pod_json("claims", &[("kubeflow-extension", "true")])).await;
+    let claimed = create(
+        &client,
+        Some(ns),
+        &pod_json("claims", &[("kubeflow-extension", "true")]),
+    )
+    .await;
     assert_eq!(label(&claimed, "kubeflow-extension"), None);
 
     // kube-system is never touched.
-    let system = create(&client, Some("kube-system"), &pod_json(&format!("{ns}-nb"), &[("notebook-name", "nb")])).await;
+    let system = create(
+        &client,
+        Some("kube-system"),
+        &pod_json(&format!("{ns}-nb"), &[("notebook-name", "nb")]),
+    )
+    .await;
     assert_eq!(system["metadata"]["labels"], json!({"notebook-name": "nb"}));
     Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "kube-system")
         .delete(&format!("{ns}-nb"), &DeleteParams::default())
@@ -319,12 +418,24 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
         .unwrap();
 
     // Trials outside the Kubeflow namespace are labelled, both versions; inside they are not.
-    let trial = stored_as_rules_say(&client, ns, &trial_manifest("v1beta1", "trial-1"), &config).await;
+    let trial =
+        stored_as_rules_say(&client, ns, &trial_manifest("v1beta1", "trial-1"), &config).await;
     assert_eq!(label(&trial, "kubeflow-extension"), Some("true"));
-    let old = stored_as_rules_say(&client, ns, &trial_manifest("v1alpha3", "trial-old"), &config).await;
+    let old = stored_as_rules_say(
+        &client,
+        ns,
+        &trial_manifest("v1alpha3", "trial-old"),
+        &config,
+    )
+    .await;
     assert_eq!(label(&old, "kubeflow-extension"), Some("true"));
     let kf = &config.settings.kubeflow_namespace;
-    let in_kubeflow = create(&client, Some(kf), &trial_manifest("v1beta1", &format!("{ns}-trial"))).await;
+    let in_kubeflow = create(
+        &client,
+        Some(kf),
+        &trial_manifest("v1beta1", &format!("{ns}-trial")),
+    )
+    .await;
     assert_eq!(label(&in_kubeflow, "kubeflow-extension"), None);
 
     // Trial Jobs: label, sidecar, editor account (and hold, where the mode says).
@@ -332,30 +443,64 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     let job = stored_as_rules_say(
         &client,
         ns,
-        &job_manifest("trial-1", Some(("kubeflow.org/v1beta1", "Trial", trial_uid))),
+        &job_manifest(
+            "trial-1",
+            Some(("kubeflow.org/v1beta1", "Trial", trial_uid)),
+        ),
         &config,
     )
     .await;
     let template = &job["spec"]["template"];
     assert_eq!(template["metadata"]["labels"]["kubeflow-extension"], "true");
-    assert_eq!(template["metadata"]["annotations"]["sidecar.istio.io/inject"], "true");
+    assert_eq!(
+        template["metadata"]["annotations"]["sidecar.istio.io/inject"],
+        "true"
+    );
     assert_eq!(template["spec"]["serviceAccountName"], "default-editor");
     let plain_job = create(&client, Some(ns), &job_manifest("not-a-trial", None)).await;
     assert_stored_as(&plain_job, &job_manifest("not-a-trial", None));
-    assert_eq!(plain_job["spec"]["template"]["spec"]["serviceAccountName"], "pipeline-runner");
-    assert!(plain_job["spec"]["template"]["metadata"].get("annotations").is_none());
+    assert_eq!(
+        plain_job["spec"]["template"]["spec"]["serviceAccountName"],
+        "pipeline-runner"
+    );
+    assert!(
+        plain_job["spec"]["template"]["metadata"]
+            .get("annotations")
+            .is_none()
+    );
 
     // Katib trial pods: training waits for the proxy, the collector stops it.
     let job_uid = job["metadata"]["uid"].as_str().unwrap();
-    let katib = stored_as_rules_say(&client, ns, &katib_pod_manifest("trial-1-pod", "trial-1", job_uid, false), &config).await;
+    let katib = stored_as_rules_say(
+        &client,
+        ns,
+        &katib_pod_manifest("trial-1-pod", "trial-1", job_uid, false),
+        &config,
+    )
+    .await;
     let containers = &katib["spec"]["containers"];
     assert_eq!(containers[1]["command"][0], "/bin/sh", "collector wrapped");
-    assert!(containers[1]["command"][2].as_str().unwrap().contains("'-w' 'false'"));
+    assert!(
+        containers[1]["command"][2]
+            .as_str()
+            .unwrap()
+            .contains("'-w' 'false'")
+    );
     assert!(katib["spec"]["containers"][1].get("args").is_none());
-    assert_eq!(containers[2]["args"], json!(["proxy", "sidecar"]), "proxy untouched");
-    assert!(katib["metadata"]["annotations"][tenancy_fixer::policy::WRAPPED_ANNOTATION].is_string());
-    let native =
-        create(&client, Some(ns), &katib_pod_manifest("trial-1-native", "trial-1", job_uid, true)).await;
+    assert_eq!(
+        containers[2]["args"],
+        json!(["proxy", "sidecar"]),
+        "proxy untouched"
+    );
+    assert!(
+        katib["metadata"]["annotations"][tenancy_fixer::policy::WRAPPED_ANNOTATION].is_string()
+    );
+    let native = create(
+        &client,
+        Some(ns),
+        &katib_pod_manifest("trial-1-native", "trial-1", job_uid, true),
+    )
+    .await;
     assert_eq!(
         native["spec"]["containers"][1]["args"][0], "-t",
         "nothing wrapped when the proxy is a native sidecar"

@@ -37,7 +37,7 @@ use kube::{
 use serde::Serialize;
 use serde_json::json;
 use tenancy_fixer::{
-    config::{Settings, Config},
+    config::{Config, Settings},
     controller::{self, StatsSnapshot},
     istio::{MANAGED_BY, MANAGED_BY_LABEL, ManagedKind},
     local::Testenv,
@@ -91,7 +91,10 @@ enum ChildCommand {
 }
 
 fn settings(kfp_access: &str) -> anyhow::Result<Settings> {
-    Ok(Settings::from_yaml(&format!("kfpAccess: {kfp_access}\n"), "controller-load")?)
+    Ok(Settings::from_yaml(
+        &format!("kfpAccess: {kfp_access}\n"),
+        "controller-load",
+    )?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,7 +103,9 @@ fn settings(kfp_access: &str) -> anyhow::Result<Settings> {
 fn run_child(kubeconfig: &Path, kfp_access: &str) -> anyhow::Result<()> {
     tenancy_fixer::telemetry::init(tenancy_fixer::telemetry::LogFormat::Text, "info");
     let settings = settings(kfp_access)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = tenancy_fixer::local::client_from_kubeconfig(kubeconfig).await?;
         let capabilities = controller::discover(&client).await?;
@@ -178,7 +183,12 @@ impl ControllerProcess {
                 }
             }
         });
-        Ok(Self { child, pid, latest, started })
+        Ok(Self {
+            child,
+            pid,
+            latest,
+            started,
+        })
     }
 
     fn stats(&self) -> StatsSnapshot {
@@ -189,14 +199,22 @@ impl ControllerProcess {
         if let Some(status) = self.child.try_wait()? {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            bail!("controller exited with {status}; last log lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "controller exited with {status}; last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         Ok(())
     }
 
     /// Waits until the counters have not moved for `quiet` (and at least one line arrived).
     /// Returns the counters and when they last changed.
-    async fn settle(&mut self, quiet: Duration, timeout: Duration, log: &Path) -> anyhow::Result<(StatsSnapshot, Instant)> {
+    async fn settle(
+        &mut self,
+        quiet: Duration,
+        timeout: Duration,
+        log: &Path,
+    ) -> anyhow::Result<(StatsSnapshot, Instant)> {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         let mut since = Instant::now();
@@ -239,7 +257,11 @@ struct Seen {
     finalized: Mutex<HashSet<String>>,
 }
 
-fn watch_converged(client: &Client, kinds: &[ManagedKind], seen: Arc<Seen>) -> Vec<tokio::task::JoinHandle<()>> {
+fn watch_converged(
+    client: &Client,
+    kinds: &[ManagedKind],
+    seen: Arc<Seen>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     for &kind in kinds {
@@ -247,17 +269,27 @@ fn watch_converged(client: &Client, kinds: &[ManagedKind], seen: Arc<Seen>) -> V
         let seen = seen.clone();
         let config = watcher::Config::default().labels(&selector);
         tasks.push(tokio::spawn(async move {
-            let mut events = watcher(api, config).default_backoff().applied_objects().boxed();
+            let mut events = watcher(api, config)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
             while let Some(event) = events.next().await {
                 if let Ok(o) = event {
-                    seen.objects.lock().unwrap().insert((format!("{kind:?}"), o.namespace().unwrap_or_default(), o.name_any()));
+                    seen.objects.lock().unwrap().insert((
+                        format!("{kind:?}"),
+                        o.namespace().unwrap_or_default(),
+                        o.name_any(),
+                    ));
                 }
             }
         }));
     }
     let profiles = Api::<Profile>::all(client.clone());
     tasks.push(tokio::spawn(async move {
-        let mut events = watcher(profiles, watcher::Config::default()).default_backoff().applied_objects().boxed();
+        let mut events = watcher(profiles, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
         while let Some(event) = events.next().await {
             if let Ok(p) = event
                 && p.finalizers().iter().any(|f| f == controller::FINALIZER)
@@ -333,17 +365,34 @@ fn print_report(r: &Report) {
     println!();
     println!(
         "controller-load: {} profiles, kfpAccess {} ({}), {} ({} CPUs)",
-        c.profiles, r.kfp_access, r.kinds.join(" + "), r.machine.cpu_model, r.machine.cpus
+        c.profiles,
+        r.kfp_access,
+        r.kinds.join(" + "),
+        r.machine.cpu_model,
+        r.machine.cpus
     );
-    println!("  testenv start                  {:>10.1} s", r.testenv_start_seconds);
+    println!(
+        "  testenv start                  {:>10.1} s",
+        r.testenv_start_seconds
+    );
     println!(
         "  create namespaces + profiles   {:>10.2} s  ({:.0} requests/s from the benchmark client, {} in flight)",
         c.create_seconds, c.create_requests_per_second, r.create_concurrency
     );
-    println!("  converged (all objects exist)  {:>10.2} s  {}", c.converged_seconds, if c.converged { "" } else { "(TIMED OUT)" });
+    println!(
+        "  converged (all objects exist)  {:>10.2} s  {}",
+        c.converged_seconds,
+        if c.converged { "" } else { "(TIMED OUT)" }
+    );
     println!(
         "  API writes                     {:>10}    {:.2} per profile (applies {}, deletes {}, finalizer patches {}); reconciles {}, failed {}",
-        c.writes, c.writes_per_profile, c.stats.applies, c.stats.deletes, c.stats.finalizer_patches, c.stats.reconciles, c.stats.failed_reconciles
+        c.writes,
+        c.writes_per_profile,
+        c.stats.applies,
+        c.stats.deletes,
+        c.stats.finalizer_patches,
+        c.stats.reconciles,
+        c.stats.failed_reconciles
     );
     println!(
         "  controller CPU {:.2} s, RSS {:.1} MB (high-water {:.1} MB)",
@@ -352,13 +401,26 @@ fn print_report(r: &Report) {
     let s = &r.resync;
     println!(
         "  resync ({}): all {} profiles reconciled in {:.2} s, writes {} (reconciles {}, failed {}), CPU {:.2} s, RSS high-water {:.1} MB",
-        s.what, c.profiles, s.all_reconciled_seconds, s.writes, s.stats.reconciles, s.stats.failed_reconciles, s.controller_cpu_seconds, s.controller_rss_hwm_mb
+        s.what,
+        c.profiles,
+        s.all_reconciled_seconds,
+        s.writes,
+        s.stats.reconciles,
+        s.stats.failed_reconciles,
+        s.controller_cpu_seconds,
+        s.controller_rss_hwm_mb
     );
     println!("  client rate limiter: {}", r.client_rate_limiter);
     println!();
     println!("{:<52} {:>10} {:>10}  status", "target", "value", "limit");
     for t in &r.targets {
-        println!("{:<52} {:>10.2} {:>10.2}  {}", t.target, t.value, t.limit, if t.met { "met" } else { "MISSED" });
+        println!(
+            "{:<52} {:>10.2} {:>10.2}  {}",
+            t.target,
+            t.value,
+            t.limit,
+            if t.met { "met" } else { "MISSED" }
+        );
     }
 }
 
@@ -379,7 +441,8 @@ async fn create_all(client: &Client, n: usize, concurrency: usize) -> anyhow::Re
                     "metadata": {"name": name},
                     "spec": {"owner": {"kind": "User", "name": format!("{name}@example.com")}},
                 }))?;
-                let (a, b) = futures::join!(namespaces.create(&pp, &ns), profiles.create(&pp, &profile));
+                let (a, b) =
+                    futures::join!(namespaces.create(&pp, &ns), profiles.create(&pp, &profile));
                 a.with_context(|| format!("create namespace {name}"))?;
                 b.with_context(|| format!("create profile {name}"))?;
                 anyhow::Ok(())
@@ -393,10 +456,20 @@ async fn create_all(client: &Client, n: usize, concurrency: usize) -> anyhow::Re
 
 async fn run(args: Args) -> anyhow::Result<Report> {
     let root = bench::repo_root();
-    let n = if args.smoke { args.profiles.min(20) } else { args.profiles };
-    let testenv_bin = args.testenv.clone().unwrap_or_else(|| root.join("target/testenv/testenv"));
+    let n = if args.smoke {
+        args.profiles.min(20)
+    } else {
+        args.profiles
+    };
+    let testenv_bin = args
+        .testenv
+        .clone()
+        .unwrap_or_else(|| root.join("target/testenv/testenv"));
     if args.testenv.is_none() {
-        let status = Command::new(root.join("testenv/build.sh")).stdout(Stdio::inherit()).status().context("run testenv/build.sh")?;
+        let status = Command::new(root.join("testenv/build.sh"))
+            .stdout(Stdio::inherit())
+            .status()
+            .context("run testenv/build.sh")?;
         if !status.success() {
             bail!("testenv/build.sh failed");
         }
@@ -414,7 +487,12 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     }
     eprintln!("starting testenv ...");
     let t = Instant::now();
-    let testenv = Testenv::start(&testenv_bin, &dir.join("state"), &crds, Duration::from_secs(180))?;
+    let testenv = Testenv::start(
+        &testenv_bin,
+        &dir.join("state"),
+        &crds,
+        Duration::from_secs(180),
+    )?;
     let testenv_start_seconds = t.elapsed().as_secs_f64();
     let client = testenv.client().await?;
     tenancy_fixer::local::ensure_namespace(&client, "kubeflow").await?;
@@ -426,7 +504,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     // The controller, with empty caches filled before the burst.
     let log1 = dir.join("controller-1.log");
     let mut first = ControllerProcess::start(&testenv.kubeconfig, &args.kfp_access, &log1)?;
-    first.settle(Duration::from_millis(500), Duration::from_secs(30), &log1).await?;
+    first
+        .settle(Duration::from_millis(500), Duration::from_secs(30), &log1)
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let seen = Arc::new(Seen::default());
@@ -457,15 +537,23 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             break;
         }
         if last_print.elapsed() > Duration::from_secs(5) {
-            eprintln!("  {:.0} s: {objects}/{expected_objects} objects, {finalized}/{n} finalizers", t0.elapsed().as_secs_f64());
+            eprintln!(
+                "  {:.0} s: {objects}/{expected_objects} objects, {finalized}/{n} finalizers",
+                t0.elapsed().as_secs_f64()
+            );
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let created_at = creating.await??;
-    let converged_seconds = converged_at.unwrap_or_else(Instant::now).duration_since(t0).as_secs_f64();
+    let converged_seconds = converged_at
+        .unwrap_or_else(Instant::now)
+        .duration_since(t0)
+        .as_secs_f64();
     // Trailing writes (if any) are counted once the counters stop moving.
-    let (stats1, _) = first.settle(Duration::from_secs(3), Duration::from_secs(60), &log1).await?;
+    let (stats1, _) = first
+        .settle(Duration::from_secs(3), Duration::from_secs(60), &log1)
+        .await?;
     let cpu1 = bench::process_cpu(first.pid).unwrap_or_default();
     let mem1 = bench::process_memory(first.pid).unwrap_or_default();
     let create_seconds = created_at.duration_since(t0).as_secs_f64();
@@ -485,9 +573,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     };
     eprintln!(
         "converged in {:.2} s ({} writes, {:.2} per profile); restarting the controller ...",
-        converged_seconds,
-        converge.writes,
-        converge.writes_per_profile
+        converged_seconds, converge.writes, converge.writes_per_profile
     );
     first.stop();
 
@@ -496,7 +582,13 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let mut second = ControllerProcess::start(&testenv.kubeconfig, &args.kfp_access, &log2)?;
     // Done when the counters stop moving (reconciles that found the caches still filling
     // requeue after 1 s and count again).
-    let (stats2, last_change) = second.settle(Duration::from_secs(3), Duration::from_secs(args.timeout), &log2).await?;
+    let (stats2, last_change) = second
+        .settle(
+            Duration::from_secs(3),
+            Duration::from_secs(args.timeout),
+            &log2,
+        )
+        .await?;
     let all_reconciled_seconds = last_change.duration_since(second.started).as_secs_f64();
     let cpu2 = bench::process_cpu(second.pid).unwrap_or_default();
     let mem2 = bench::process_memory(second.pid).unwrap_or_default();
@@ -521,11 +613,31 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
     let mut targets = Vec::new();
     let mut push = |target: &str, value: f64, limit: f64, met: bool| {
-        targets.push(Target { target: target.into(), value, limit, met });
+        targets.push(Target {
+            target: target.into(),
+            value,
+            limit,
+            met,
+        });
     };
-    push(&format!("{n} profiles converged <= 60 s"), converge.converged_seconds, 60.0, converge.converged && converge.converged_seconds <= 60.0);
-    push("resync with no change: writes = 0", resync.writes as f64, 0.0, resync.writes == 0);
-    push("failed reconciles (throttling, errors) = 0", (stats1.failed_reconciles + stats2.failed_reconciles) as f64, 0.0, stats1.failed_reconciles + stats2.failed_reconciles == 0);
+    push(
+        &format!("{n} profiles converged <= 60 s"),
+        converge.converged_seconds,
+        60.0,
+        converge.converged && converge.converged_seconds <= 60.0,
+    );
+    push(
+        "resync with no change: writes = 0",
+        resync.writes as f64,
+        0.0,
+        resync.writes == 0,
+    );
+    push(
+        "failed reconciles (throttling, errors) = 0",
+        (stats1.failed_reconciles + stats2.failed_reconciles) as f64,
+        0.0,
+        stats1.failed_reconciles + stats2.failed_reconciles == 0,
+    );
     Ok(Report {
         benchmark: "controller-load",
         unix_time: bench::unix_time(),
@@ -547,11 +659,17 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    if let Some(ChildCommand::Child { kubeconfig, kfp_access }) = &args.child {
+    if let Some(ChildCommand::Child {
+        kubeconfig,
+        kfp_access,
+    }) = &args.child
+    {
         return run_child(kubeconfig, kfp_access);
     }
     let out = args.out.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(run(args))?;
     print_report(&report);
     if let Some(out) = out {

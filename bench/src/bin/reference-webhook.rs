@@ -31,8 +31,7 @@ struct Args {
     tls_key: PathBuf,
 }
 
-const ANSWER: &str =
-    r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
+const ANSWER: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
 
 async fn mutate(body: Bytes) -> impl IntoResponse {
     // The body is received in full (as the real webhook's extractor does) and dropped.
@@ -47,9 +46,13 @@ async fn ok() -> &'static str {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls_cert, &args.tls_key).await?;
+        let tls =
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&args.tls_cert, &args.tls_key)
+                .await?;
         let listener = std::net::TcpListener::bind(args.listen)?;
         let local = listener.local_addr()?;
         let server = tenancy_fixer::webhook::https_server(listener, tls)?;

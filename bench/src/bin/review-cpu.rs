@@ -43,7 +43,10 @@ fn main() -> anyhow::Result<()> {
         }
         let start = Instant::now();
         for _ in 0..args.iterations {
-            std::hint::black_box(tenancy_fixer::admission::review(std::hint::black_box(body), &config)?);
+            std::hint::black_box(tenancy_fixer::admission::review(
+                std::hint::black_box(body),
+                &config,
+            )?);
         }
         let us = start.elapsed().as_secs_f64() * 1e6 / args.iterations as f64;
         println!("{name:<16} {:>6} bytes {us:>8.2} µs/review", body.len());

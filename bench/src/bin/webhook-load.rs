@@ -110,16 +110,36 @@ struct Workload {
 const UID_LEN: usize = 36;
 
 impl Workload {
-    fn load(dir: &Path, name: &'static str, file: &str, path: &'static str, expect_patch: bool) -> anyhow::Result<Self> {
+    fn load(
+        dir: &Path,
+        name: &'static str,
+        file: &str,
+        path: &'static str,
+        expect_patch: bool,
+    ) -> anyhow::Result<Self> {
         let file = dir.join(file);
         let text = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
         let text = text.trim_ascii().to_vec();
-        let value: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("parse {}", file.display()))?;
-        let uid = value["request"]["uid"].as_str().ok_or_else(|| anyhow!("{}: no request.uid", file.display()))?;
-        ensure!(uid.len() == UID_LEN, "{}: request.uid is not a 36-character uid", file.display());
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).with_context(|| format!("parse {}", file.display()))?;
+        let uid = value["request"]["uid"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{}: no request.uid", file.display()))?;
+        ensure!(
+            uid.len() == UID_LEN,
+            "{}: request.uid is not a 36-character uid",
+            file.display()
+        );
         let needle = format!("\"uid\":\"{uid}\"");
-        let at = find(&text, needle.as_bytes()).ok_or_else(|| anyhow!("{}: body is not minified", file.display()))?;
-        Ok(Self { name, path, template: text, uid_at: at + 7, expect_patch })
+        let at = find(&text, needle.as_bytes())
+            .ok_or_else(|| anyhow!("{}: body is not minified", file.display()))?;
+        Ok(Self {
+            name,
+            path,
+            template: text,
+            uid_at: at + 7,
+            expect_patch,
+        })
     }
 
     fn body(&self, n: u64) -> (Bytes, [u8; UID_LEN]) {
@@ -131,7 +151,11 @@ impl Workload {
 }
 
 fn uid_of(n: u64) -> [u8; UID_LEN] {
-    let text = format!("{:08x}-0000-4000-8000-{:012x}", (n >> 48) as u32, n & 0xffff_ffff_ffff);
+    let text = format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        (n >> 48) as u32,
+        n & 0xffff_ffff_ffff
+    );
     text.as_bytes().try_into().expect("36 characters")
 }
 
@@ -145,12 +169,36 @@ struct Workloads {
 }
 
 fn load_workloads(dir: &Path) -> anyhow::Result<Workloads> {
-    let notebook = Arc::new(Workload::load(dir, "notebook-pod", "notebook-pod.json", "/mutate/pods", true)?);
+    let notebook = Arc::new(Workload::load(
+        dir,
+        "notebook-pod",
+        "notebook-pod.json",
+        "/mutate/pods",
+        true,
+    )?);
     let all = vec![
         notebook.clone(),
-        Arc::new(Workload::load(dir, "trial-job", "trial-job.json", "/mutate/jobs", true)?),
-        Arc::new(Workload::load(dir, "katib-trial-pod", "katib-trial-pod.json", "/mutate/pods", true)?),
-        Arc::new(Workload::load(dir, "plain-pod", "plain-pod.json", "/mutate/pods", false)?),
+        Arc::new(Workload::load(
+            dir,
+            "trial-job",
+            "trial-job.json",
+            "/mutate/jobs",
+            true,
+        )?),
+        Arc::new(Workload::load(
+            dir,
+            "katib-trial-pod",
+            "katib-trial-pod.json",
+            "/mutate/pods",
+            true,
+        )?),
+        Arc::new(Workload::load(
+            dir,
+            "plain-pod",
+            "plain-pod.json",
+            "/mutate/pods",
+            false,
+        )?),
     ];
     Ok(Workloads { notebook, all })
 }
@@ -203,7 +251,9 @@ impl Drop for Server {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn tls_client_config(ca: &[CertificateDer<'static>]) -> anyhow::Result<rustls::ClientConfig> {
@@ -211,9 +261,10 @@ fn tls_client_config(ca: &[CertificateDer<'static>]) -> anyhow::Result<rustls::C
     for cert in ca {
         roots.add(cert.clone())?;
     }
-    let mut config = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -222,7 +273,8 @@ fn tls_client_config(ca: &[CertificateDer<'static>]) -> anyhow::Result<rustls::C
 fn tls_probe(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<()> {
     let mut sock = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
     sock.set_nodelay(true)?;
-    let mut conn = rustls::ClientConnection::new(config.clone(), ServerName::IpAddress(addr.ip().into()))?;
+    let mut conn =
+        rustls::ClientConnection::new(config.clone(), ServerName::IpAddress(addr.ip().into()))?;
     while conn.is_handshaking() {
         conn.complete_io(&mut sock)?;
     }
@@ -233,12 +285,17 @@ impl Setup {
     fn start(&self, flavour: Flavour, run: usize) -> anyhow::Result<Server> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = self.dir.join(format!("{}-{run}.log", flavour.label().replace([' ', '='], "-")));
+        let log = self.dir.join(format!(
+            "{}-{run}.log",
+            flavour.label().replace([' ', '='], "-")
+        ));
         let mut command = match flavour {
             Flavour::Reference => Command::new(&self.reference_bin),
             Flavour::Tenancy { rust_log } => {
                 let mut c = Command::new(&self.server_bin);
-                c.args(["serve", "--no-controller", "--config"]).arg(&self.config).env("RUST_LOG", rust_log);
+                c.args(["serve", "--no-controller", "--config"])
+                    .arg(&self.config)
+                    .env("RUST_LOG", rust_log);
                 c
             }
         };
@@ -255,7 +312,9 @@ impl Setup {
             .stderr(std::fs::File::create(&log)?);
         let client = Arc::new(tls_client_config(&self.ca)?);
         let started = Instant::now();
-        let mut child = command.spawn().with_context(|| format!("spawn {:?}", command.get_program()))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawn {:?}", command.get_program()))?;
         let pid = child.id();
         loop {
             if tls_probe(addr, &client).is_ok() {
@@ -263,16 +322,27 @@ impl Setup {
             }
             if let Some(status) = child.try_wait()? {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                bail!("{} exited with {status} before listening:\n{text}", flavour.label());
+                bail!(
+                    "{} exited with {status} before listening:\n{text}",
+                    flavour.label()
+                );
             }
             if started.elapsed() > Duration::from_secs(10) {
                 let _ = child.kill();
-                bail!("{} did not accept a TLS connection within 10 s", flavour.label());
+                bail!(
+                    "{} did not accept a TLS connection within 10 s",
+                    flavour.label()
+                );
             }
             std::thread::sleep(Duration::from_micros(200));
         }
         let startup = started.elapsed();
-        Ok(Server { child, pid, addr, startup })
+        Ok(Server {
+            child,
+            pid,
+            addr,
+            startup,
+        })
     }
 }
 
@@ -299,11 +369,22 @@ impl Client {
     async fn connect(&self) -> anyhow::Result<Conn> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
-        let tls = self.connector.connect(ServerName::IpAddress(self.addr.ip().into()), tcp).await?;
+        let tls = self
+            .connector
+            .connect(ServerName::IpAddress(self.addr.ip().into()), tcp)
+            .await?;
         let (_, session) = tls.get_ref();
-        ensure!(session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3), "not TLS 1.3");
+        ensure!(
+            session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+            "not TLS 1.3"
+        );
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        Ok(Conn { sender, driver: Box::pin(async move { let _ = connection.await; }) })
+        Ok(Conn {
+            sender,
+            driver: Box::pin(async move {
+                let _ = connection.await;
+            }),
+        })
     }
 
     /// Sends one review of `workload`; Ok when answered 200 with our uid.
@@ -326,9 +407,17 @@ impl Client {
             result = exchange => result?,
             () = driver.as_mut() => bail!("connection closed"),
         };
-        ensure!(status == StatusCode::OK, "HTTP {status}: {}", String::from_utf8_lossy(&body));
+        ensure!(
+            status == StatusCode::OK,
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
         if self.check {
-            ensure!(find(&body, &uid).is_some(), "answer does not echo the uid: {}", String::from_utf8_lossy(&body));
+            ensure!(
+                find(&body, &uid).is_some(),
+                "answer does not echo the uid: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         Ok(body)
     }
@@ -342,9 +431,17 @@ impl Client {
         }
         let answer: serde_json::Value = serde_json::from_slice(&body)?;
         let response = &answer["response"];
-        ensure!(response["allowed"] == true, "{}: not allowed: {answer}", workload.name);
+        ensure!(
+            response["allowed"] == true,
+            "{}: not allowed: {answer}",
+            workload.name
+        );
         let patched = response.get("patch").is_some();
-        ensure!(patched == workload.expect_patch, "{}: patch present = {patched}: {answer}", workload.name);
+        ensure!(
+            patched == workload.expect_patch,
+            "{}: patch present = {patched}: {answer}",
+            workload.name
+        );
         Ok(())
     }
 }
@@ -408,7 +505,12 @@ impl Sampler {
                 }
             }
         });
-        Self { pid, rss_max, stop, thread: Some(thread) }
+        Self {
+            pid,
+            rss_max,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn finish(mut self) -> u64 {
@@ -481,12 +583,18 @@ async fn closed_loop(
         conns.push(client.connect().await?);
     }
     let now = Instant::now();
-    let window = Arc::new(Window { start: now + warmup, end: now + warmup + duration });
+    let window = Arc::new(Window {
+        start: now + warmup,
+        end: now + warmup + duration,
+    });
     let mut tasks = Vec::with_capacity(connections);
     for (i, mut conn) in conns.into_iter().enumerate() {
         let (client, window, workloads) = (client.clone(), window.clone(), workloads.clone());
         tasks.push(tokio::spawn(async move {
-            let mut result = TaskResult { latency: Some(bench::histogram()), ..Default::default() };
+            let mut result = TaskResult {
+                latency: Some(bench::histogram()),
+                ..Default::default()
+            };
             let mut n = i;
             loop {
                 let workload = &workloads[n % workloads.len()];
@@ -499,7 +607,11 @@ async fn closed_loop(
                 let done = Instant::now();
                 match outcome {
                     Ok(_) if window.contains(done) && sent >= window.start => {
-                        result.latency.as_mut().unwrap().saturating_record(ns(done - sent));
+                        result
+                            .latency
+                            .as_mut()
+                            .unwrap()
+                            .saturating_record(ns(done - sent));
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -520,8 +632,26 @@ async fn closed_loop(
         results.push(t.await?);
     }
     let (latency, errors, first_error) = merge(results);
-    let label = workloads.iter().map(|w| w.name).collect::<Vec<_>>().join("+");
-    Ok(phase(name, "closed", label, connections, duration, latency, errors, first_error, None, None, server_cpu, rss_max, others))
+    let label = workloads
+        .iter()
+        .map(|w| w.name)
+        .collect::<Vec<_>>()
+        .join("+");
+    Ok(phase(
+        name,
+        "closed",
+        label,
+        connections,
+        duration,
+        latency,
+        errors,
+        first_error,
+        None,
+        None,
+        server_cpu,
+        rss_max,
+        others,
+    ))
 }
 
 /// Fixed rate: a pacing thread releases one review every 1/rate s onto a queue that the
@@ -541,7 +671,10 @@ async fn open_loop(
         conns.push(client.connect().await?);
     }
     let start = Instant::now() + Duration::from_millis(20);
-    let window = Arc::new(Window { start: start + warmup, end: start + warmup + duration });
+    let window = Arc::new(Window {
+        start: start + warmup,
+        end: start + warmup + duration,
+    });
     let (tx, rx) = async_channel::unbounded::<Instant>();
     let pacer = std::thread::spawn({
         let window = window.clone();
@@ -562,7 +695,8 @@ async fn open_loop(
                     std::thread::sleep(scheduled - now);
                 }
                 if window.contains(scheduled) {
-                    lateness.saturating_record(ns(Instant::now().saturating_duration_since(scheduled)));
+                    lateness
+                        .saturating_record(ns(Instant::now().saturating_duration_since(scheduled)));
                 }
                 if tx.send_blocking(scheduled).is_err() {
                     break;
@@ -575,9 +709,13 @@ async fn open_loop(
     let hard_end = window.end + Duration::from_secs(10);
     let mut tasks = Vec::with_capacity(connections);
     for mut conn in conns {
-        let (client, window, workload, rx) = (client.clone(), window.clone(), workload.clone(), rx.clone());
+        let (client, window, workload, rx) =
+            (client.clone(), window.clone(), workload.clone(), rx.clone());
         tasks.push(tokio::spawn(async move {
-            let mut result = TaskResult { latency: Some(bench::histogram()), ..Default::default() };
+            let mut result = TaskResult {
+                latency: Some(bench::histogram()),
+                ..Default::default()
+            };
             while let Ok(scheduled) = rx.recv().await {
                 if Instant::now() > hard_end {
                     break; // overloaded: what is still queued is counted as unfinished
@@ -586,7 +724,11 @@ async fn open_loop(
                 let done = Instant::now();
                 match outcome {
                     Ok(_) if window.contains(scheduled) => {
-                        result.latency.as_mut().unwrap().saturating_record(ns(done - scheduled));
+                        result
+                            .latency
+                            .as_mut()
+                            .unwrap()
+                            .saturating_record(ns(done - scheduled));
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -601,7 +743,9 @@ async fn open_loop(
         }));
     }
     let (server_cpu, rss_max, others) = measure(pid, &window).await;
-    let lateness = tokio::task::spawn_blocking(move || pacer.join()).await?.map_err(|_| anyhow!("pacer panicked"))?;
+    let lateness = tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow!("pacer panicked"))?;
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
@@ -633,13 +777,22 @@ async fn open_loop(
 async fn measure(pid: u32, window: &Window) -> (Duration, u64, Others) {
     tokio::time::sleep_until(window.start.into()).await;
     let me = std::process::id();
-    let (cpu0, own0, all0) =
-        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
+    let (cpu0, own0, all0) = (
+        bench::process_cpu(pid).unwrap_or_default(),
+        bench::process_cpu(me).unwrap_or_default(),
+        bench::CpuReading::now(&[pid, me]),
+    );
     let sampler = Sampler::start(pid);
     tokio::time::sleep_until(window.end.into()).await;
-    let (cpu1, own1, all1) =
-        (bench::process_cpu(pid).unwrap_or_default(), bench::process_cpu(me).unwrap_or_default(), bench::CpuReading::now(&[pid, me]));
-    let others = Others { client: own1.saturating_sub(own0), others: all1.others_since(&all0) };
+    let (cpu1, own1, all1) = (
+        bench::process_cpu(pid).unwrap_or_default(),
+        bench::process_cpu(me).unwrap_or_default(),
+        bench::CpuReading::now(&[pid, me]),
+    );
+    let others = Others {
+        client: own1.saturating_sub(own0),
+        others: all1.others_since(&all0),
+    };
     (cpu1 - cpu0, sampler.finish(), others)
 }
 
@@ -681,7 +834,11 @@ fn phase(
         latency: Latency::of(&latency),
         pacer_lateness,
         server_cpu_seconds: cpu.as_secs_f64(),
-        server_cpu_us_per_review: if reviews > 0 { cpu.as_secs_f64() * 1e6 / reviews as f64 } else { 0.0 },
+        server_cpu_us_per_review: if reviews > 0 {
+            cpu.as_secs_f64() * 1e6 / reviews as f64
+        } else {
+            0.0
+        },
         server_cpu_cores: cpu.as_secs_f64() / seconds,
         server_rss_max_mb: bench::mb(rss_max),
         client_cpu_cores: others.client.as_secs_f64() / seconds,
@@ -716,7 +873,9 @@ struct ServerReport {
 
 fn count_lines(path: &Path) -> (u64, u64) {
     use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else { return (0, 0) };
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return (0, 0);
+    };
     let mut buf = vec![0u8; 1 << 20];
     let (mut lines, mut bytes) = (0u64, 0u64);
     while let Ok(n) = file.read(&mut buf) {
@@ -729,7 +888,12 @@ fn count_lines(path: &Path) -> (u64, u64) {
     (lines, bytes)
 }
 
-async fn run_server(args: &Args, setup: &Setup, workloads: &Workloads, flavour: Flavour) -> anyhow::Result<ServerReport> {
+async fn run_server(
+    args: &Args,
+    setup: &Setup,
+    workloads: &Workloads,
+    flavour: Flavour,
+) -> anyhow::Result<ServerReport> {
     let label = flavour.label();
     eprintln!("== {label}");
     // Start-to-listening, over several starts (the last one is kept for the load).
@@ -750,12 +914,18 @@ async fn run_server(args: &Args, setup: &Setup, workloads: &Workloads, flavour: 
         max_ms: *sorted.last().unwrap(),
         all_ms: startups,
     };
-    eprintln!("   start to listening: median {:.1} ms, max {:.1} ms", startup.median_ms, startup.max_ms);
+    eprintln!(
+        "   start to listening: median {:.1} ms, max {:.1} ms",
+        startup.median_ms, startup.max_ms
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = bench::process_memory(server.pid).unwrap_or_default();
     let threads = bench::process_threads(server.pid).unwrap_or(0);
-    eprintln!("   idle RSS {:.1} MB, {threads} threads", bench::mb(idle.rss));
+    eprintln!(
+        "   idle RSS {:.1} MB, {threads} threads",
+        bench::mb(idle.rss)
+    );
 
     let client = Arc::new(Client {
         connector: TlsConnector::from(Arc::new(tls_client_config(&setup.ca)?)),
@@ -764,7 +934,10 @@ async fn run_server(args: &Args, setup: &Setup, workloads: &Workloads, flavour: 
         next_uid: AtomicU64::new(1),
     });
     for w in &workloads.all {
-        client.verify(w).await.with_context(|| format!("{label}: {}", w.name))?;
+        client
+            .verify(w)
+            .await
+            .with_context(|| format!("{label}: {}", w.name))?;
     }
 
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -776,11 +949,23 @@ async fn run_server(args: &Args, setup: &Setup, workloads: &Workloads, flavour: 
     let mut report = |p: Phase| {
         eprintln!(
             "   {:<28} {:>9.0} reviews/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  cpu {:>5.1} µs/review ({:.2} cores)  rss {:.1} MB  client {:.2} others {:.2} cores  errors {}",
-            p.name, p.reviews_per_second, p.latency.p50_us, p.latency.p99_us, p.latency.p999_us,
-            p.server_cpu_us_per_review, p.server_cpu_cores, p.server_rss_max_mb, p.client_cpu_cores, p.other_cpu_cores, p.errors
+            p.name,
+            p.reviews_per_second,
+            p.latency.p50_us,
+            p.latency.p99_us,
+            p.latency.p999_us,
+            p.server_cpu_us_per_review,
+            p.server_cpu_cores,
+            p.server_rss_max_mb,
+            p.client_cpu_cores,
+            p.other_cpu_cores,
+            p.errors
         );
         if p.unfinished > 0 {
-            eprintln!("      overloaded: {} scheduled reviews still queued 10 s after the end", p.unfinished);
+            eprintln!(
+                "      overloaded: {} scheduled reviews still queued 10 s after the end",
+                p.unfinished
+            );
         }
         if let Some(e) = &p.first_error {
             eprintln!("      first error: {e}");
@@ -788,24 +973,77 @@ async fn run_server(args: &Args, setup: &Setup, workloads: &Workloads, flavour: 
         phases.push(p);
     };
     let notebook = vec![workloads.notebook.clone()];
-    report(closed_loop(client.clone(), pid, "closed notebook-pod", notebook.clone(), c, warmup, full).await?);
+    report(
+        closed_loop(
+            client.clone(),
+            pid,
+            "closed notebook-pod",
+            notebook.clone(),
+            c,
+            warmup,
+            full,
+        )
+        .await?,
+    );
     if flavour == (Flavour::Tenancy { rust_log: "info" }) {
         for w in workloads.all.iter().skip(1) {
             let name = format!("closed {}", w.name);
-            report(closed_loop(client.clone(), pid, &name, vec![w.clone()], c, warmup / 2, half).await?);
+            report(
+                closed_loop(
+                    client.clone(),
+                    pid,
+                    &name,
+                    vec![w.clone()],
+                    c,
+                    warmup / 2,
+                    half,
+                )
+                .await?,
+            );
         }
-        report(closed_loop(client.clone(), pid, "closed mixed", workloads.all.clone(), c, warmup / 2, half).await?);
+        report(
+            closed_loop(
+                client.clone(),
+                pid,
+                "closed mixed",
+                workloads.all.clone(),
+                c,
+                warmup / 2,
+                half,
+            )
+            .await?,
+        );
     }
     let name = format!("open notebook-pod @{:.0}/s", args.rate);
-    report(open_loop(client.clone(), pid, &name, workloads.notebook.clone(), c, args.rate, warmup, full).await?);
+    report(
+        open_loop(
+            client.clone(),
+            pid,
+            &name,
+            workloads.notebook.clone(),
+            c,
+            args.rate,
+            warmup,
+            full,
+        )
+        .await?,
+    );
 
     let memory: Memory = bench::process_memory(pid).unwrap_or_default();
     drop(server);
-    let log = setup.dir.join(format!("{}-{}.log", label.replace([' ', '='], "-"), args.starts.max(1) - 1));
+    let log = setup.dir.join(format!(
+        "{}-{}.log",
+        label.replace([' ', '='], "-"),
+        args.starts.max(1) - 1
+    ));
     let (log_lines, log_bytes) = count_lines(&log);
     if !args.keep_logs {
         for run in 0..args.starts.max(1) {
-            let _ = std::fs::remove_file(setup.dir.join(format!("{}-{run}.log", label.replace([' ', '='], "-"))));
+            let _ = std::fs::remove_file(
+                setup
+                    .dir
+                    .join(format!("{}-{run}.log", label.replace([' ', '='], "-"))),
+            );
         }
     }
     Ok(ServerReport {
@@ -850,22 +1088,49 @@ struct Report {
     targets: Vec<Target>,
 }
 
-fn find_phase<'a>(servers: &'a [ServerReport], server: &str, phase_prefix: &str) -> Option<&'a Phase> {
-    servers.iter().find(|s| s.server == server)?.phases.iter().find(|p| p.name.starts_with(phase_prefix))
+fn find_phase<'a>(
+    servers: &'a [ServerReport],
+    server: &str,
+    phase_prefix: &str,
+) -> Option<&'a Phase> {
+    servers
+        .iter()
+        .find(|s| s.server == server)?
+        .phases
+        .iter()
+        .find(|p| p.name.starts_with(phase_prefix))
 }
 
 fn targets(servers: &[ServerReport]) -> Vec<Target> {
     let mut out = Vec::new();
     let mut push = |target: &str, figure: String, value: f64, limit: f64, at_least: bool| {
-        let met = if at_least { value >= limit } else { value <= limit };
-        out.push(Target { target: target.into(), figure, value, limit, met });
+        let met = if at_least {
+            value >= limit
+        } else {
+            value <= limit
+        };
+        out.push(Target {
+            target: target.into(),
+            figure,
+            value,
+            limit,
+            met,
+        });
     };
     let reference = find_phase(servers, "reference", "closed notebook-pod");
     for log in ["info", "warn"] {
         let server = format!("tenancy-fixer RUST_LOG={log}");
-        let Some(s) = servers.iter().find(|s| s.server == server) else { continue };
+        let Some(s) = servers.iter().find(|s| s.server == server) else {
+            continue;
+        };
         if let Some(p) = find_phase(servers, &server, "closed notebook-pod") {
-            push("notebook-pod reviews/s >= 30000", format!("{server}, closed loop"), p.reviews_per_second, 30_000.0, true);
+            push(
+                "notebook-pod reviews/s >= 30000",
+                format!("{server}, closed loop"),
+                p.reviews_per_second,
+                30_000.0,
+                true,
+            );
             if let Some(r) = reference {
                 push(
                     "throughput >= 80 % of reference",
@@ -875,18 +1140,70 @@ fn targets(servers: &[ServerReport]) -> Vec<Target> {
                     true,
                 );
             }
-            push("server CPU <= 35 µs/review", format!("{server}, closed loop"), p.server_cpu_us_per_review, 35.0, false);
+            push(
+                "server CPU <= 35 µs/review",
+                format!("{server}, closed loop"),
+                p.server_cpu_us_per_review,
+                35.0,
+                false,
+            );
         }
         if let Some(p) = find_phase(servers, &server, "open ") {
-            push("open loop p99 <= 1 ms", format!("{server}, {}", p.name), p.latency.p99_us, 1000.0, false);
-            push("open loop p99.9 <= 5 ms", format!("{server}, {}", p.name), p.latency.p999_us, 5000.0, false);
-            push("server CPU <= 35 µs/review", format!("{server}, {}", p.name), p.server_cpu_us_per_review, 35.0, false);
+            push(
+                "open loop p99 <= 1 ms",
+                format!("{server}, {}", p.name),
+                p.latency.p99_us,
+                1000.0,
+                false,
+            );
+            push(
+                "open loop p99.9 <= 5 ms",
+                format!("{server}, {}", p.name),
+                p.latency.p999_us,
+                5000.0,
+                false,
+            );
+            push(
+                "server CPU <= 35 µs/review",
+                format!("{server}, {}", p.name),
+                p.server_cpu_us_per_review,
+                35.0,
+                false,
+            );
         }
-        push("RSS idle <= 15 MB", server.clone(), s.rss_idle_mb, 15.0, false);
-        let under_load = s.phases.iter().map(|p| p.server_rss_max_mb).fold(s.rss_hwm_mb, f64::max);
-        push("RSS under load <= 30 MB", format!("{server}, high-water mark"), under_load, 30.0, false);
-        push("start to listening <= 50 ms", format!("{server}, median of {}", s.startup.runs), s.startup.median_ms, 50.0, false);
-        push("start to listening <= 50 ms", format!("{server}, max of {}", s.startup.runs), s.startup.max_ms, 50.0, false);
+        push(
+            "RSS idle <= 15 MB",
+            server.clone(),
+            s.rss_idle_mb,
+            15.0,
+            false,
+        );
+        let under_load = s
+            .phases
+            .iter()
+            .map(|p| p.server_rss_max_mb)
+            .fold(s.rss_hwm_mb, f64::max);
+        push(
+            "RSS under load <= 30 MB",
+            format!("{server}, high-water mark"),
+            under_load,
+            30.0,
+            false,
+        );
+        push(
+            "start to listening <= 50 ms",
+            format!("{server}, median of {}", s.startup.runs),
+            s.startup.median_ms,
+            50.0,
+            false,
+        );
+        push(
+            "start to listening <= 50 ms",
+            format!("{server}, max of {}", s.startup.runs),
+            s.startup.max_ms,
+            50.0,
+            false,
+        );
     }
     out
 }
@@ -895,38 +1212,83 @@ fn print_report(report: &Report) {
     println!();
     println!(
         "webhook-load: {} connections, TLS 1.3, HTTP/1.1 keep-alive, {} s measured after {} s warm-up; {} client threads; {} ({} CPUs)",
-        report.connections, report.duration_s, report.warmup_s, report.client_threads, report.machine.cpu_model, report.machine.cpus
+        report.connections,
+        report.duration_s,
+        report.warmup_s,
+        report.client_threads,
+        report.machine.cpu_model,
+        report.machine.cpus
     );
     println!(
         "{:<30} {:<30} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
-        "server", "phase", "reviews/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "cpu µs", "cores", "client", "others", "errors"
+        "server",
+        "phase",
+        "reviews/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "cpu µs",
+        "cores",
+        "client",
+        "others",
+        "errors"
     );
     for s in &report.servers {
         for p in &s.phases {
             println!(
                 "{:<30} {:<30} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>8.1} {:>8.2} {:>7.2} {:>7.2} {:>7}",
-                s.server, p.name, p.reviews_per_second, p.latency.p50_us, p.latency.p99_us, p.latency.p999_us,
-                p.latency.max_us, p.server_cpu_us_per_review, p.server_cpu_cores, p.client_cpu_cores, p.other_cpu_cores, p.errors
+                s.server,
+                p.name,
+                p.reviews_per_second,
+                p.latency.p50_us,
+                p.latency.p99_us,
+                p.latency.p999_us,
+                p.latency.max_us,
+                p.server_cpu_us_per_review,
+                p.server_cpu_cores,
+                p.client_cpu_cores,
+                p.other_cpu_cores,
+                p.errors
             );
         }
     }
     println!();
     println!(
         "{:<30} {:>16} {:>16} {:>12} {:>14} {:>10} {:>8}",
-        "server", "start median ms", "start max ms", "idle RSS MB", "RSS HWM MB", "log lines", "threads"
+        "server",
+        "start median ms",
+        "start max ms",
+        "idle RSS MB",
+        "RSS HWM MB",
+        "log lines",
+        "threads"
     );
     for s in &report.servers {
         println!(
             "{:<30} {:>16.1} {:>16.1} {:>12.1} {:>14.1} {:>10} {:>8}",
-            s.server, s.startup.median_ms, s.startup.max_ms, s.rss_idle_mb, s.rss_hwm_mb, s.log_lines, s.threads
+            s.server,
+            s.startup.median_ms,
+            s.startup.max_ms,
+            s.rss_idle_mb,
+            s.rss_hwm_mb,
+            s.log_lines,
+            s.threads
         );
     }
     println!();
-    println!("{:<34} {:<60} {:>10} {:>10}  status", "target", "figure", "value", "limit");
+    println!(
+        "{:<34} {:<60} {:>10} {:>10}  status",
+        "target", "figure", "value", "limit"
+    );
     for t in &report.targets {
         println!(
             "{:<34} {:<60} {:>10.1} {:>10.1}  {}",
-            t.target, t.figure, t.value, t.limit, if t.met { "met" } else { "MISSED" }
+            t.target,
+            t.figure,
+            t.value,
+            t.limit,
+            if t.met { "met" } else { "MISSED" }
         );
     }
 }
@@ -937,24 +1299,41 @@ fn main() -> anyhow::Result<()> {
     if args.smoke {
         args = args.smoke();
     }
-    let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let root = bench::repo_root();
     let data = args.data.clone().unwrap_or_else(|| root.join("bench/data"));
     let dir = std::env::temp_dir().join(format!("webhook-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let tls = tenancy_fixer::local::WebhookTls::generate(&dir)?;
-    let ca = CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let ca =
+        CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let setup = Setup {
-        server_bin: args.server.clone().unwrap_or_else(|| exe_dir.join("tenancy-fixer")),
-        reference_bin: args.reference.clone().unwrap_or_else(|| exe_dir.join("reference-webhook")),
-        config: args.config.clone().unwrap_or_else(|| data.join("webhook-config.yaml")),
+        server_bin: args
+            .server
+            .clone()
+            .unwrap_or_else(|| exe_dir.join("tenancy-fixer")),
+        reference_bin: args
+            .reference
+            .clone()
+            .unwrap_or_else(|| exe_dir.join("reference-webhook")),
+        config: args
+            .config
+            .clone()
+            .unwrap_or_else(|| data.join("webhook-config.yaml")),
         cert: tls.cert.clone(),
         key: tls.key.clone(),
         ca,
         dir: dir.clone(),
     };
     for bin in [&setup.server_bin, &setup.reference_bin] {
-        ensure!(bin.exists(), "{} not found: run `cargo build --release --workspace` first", bin.display());
+        ensure!(
+            bin.exists(),
+            "{} not found: run `cargo build --release --workspace` first",
+            bin.display()
+        );
     }
     let workloads = load_workloads(&data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -983,7 +1362,11 @@ fn main() -> anyhow::Result<()> {
         open_loop_rate: args.rate,
         client_threads: args.client_threads,
         tls: "TLS 1.3 only (client), ring provider, ALPN http/1.1".into(),
-        bodies: workloads.all.iter().map(|w| (w.name.to_string(), w.template.len())).collect(),
+        bodies: workloads
+            .all
+            .iter()
+            .map(|w| (w.name.to_string(), w.template.len()))
+            .collect(),
         targets: targets(&servers),
         servers,
     };
@@ -997,7 +1380,12 @@ fn main() -> anyhow::Result<()> {
     } else {
         eprintln!("server logs kept in {}", dir.display());
     }
-    let errors: u64 = report.servers.iter().flat_map(|s| &s.phases).map(|p| p.errors).sum();
+    let errors: u64 = report
+        .servers
+        .iter()
+        .flat_map(|s| &s.phases)
+        .map(|p| p.errors)
+        .sum();
     ensure!(errors == 0, "{errors} requests failed");
     Ok(())
 }
