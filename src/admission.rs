@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use crate::{
     config::Config,
     model::{Job, ObjectMeta, Pod, Trial},
+    patch::{self, Prune},
     policy::{self, Decision, TRIAL_GROUP},
 };
 
@@ -122,18 +123,18 @@ fn run<T>(
     rule: impl Fn(&T, &str, &Config) -> Decision<T>,
 ) -> Result<Mutation>
 where
-    T: for<'de> Deserialize<'de> + Serialize,
+    T: for<'de> Deserialize<'de> + Serialize + Prune,
 {
     let parsed: T = serde_json::from_str(object).map_err(|source| AdmissionError::Object {
         kind: target.name(),
         source,
     })?;
-    apply(&parsed, namespace, config, meta, rule)
+    apply(parsed, namespace, config, meta, rule)
 }
 
-/// The rules on a parsed view, and the patch (`json_patch::diff` of the views) when one applied.
-fn apply<T: Serialize>(
-    parsed: &T,
+/// The rules on a parsed view, and the patch (the diff of the views) when one applied.
+fn apply<T: Serialize + Prune>(
+    parsed: T,
     namespace: Option<&str>,
     config: &Config,
     meta: impl Fn(&T) -> &ObjectMeta,
@@ -141,23 +142,22 @@ fn apply<T: Serialize>(
 ) -> Result<Mutation> {
     // The request names the namespace; a pod from a generateName may not carry it yet.
     let namespace = namespace
-        .or(meta(parsed).namespace.as_deref())
+        .or(meta(&parsed).namespace.as_deref())
         .unwrap_or("default");
     let Decision {
         object: changed,
         applied,
         skipped,
-    } = rule(parsed, namespace, config);
+    } = rule(&parsed, namespace, config);
+    let name = meta(&parsed).display_name().to_string();
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
     } else {
-        let before = serde_json::to_value(parsed).map_err(AdmissionError::Serialize)?;
-        let after = serde_json::to_value(&changed).map_err(AdmissionError::Serialize)?;
-        json_patch::diff(&before, &after)
+        patch::diff(parsed, changed).map_err(AdmissionError::Serialize)?
     };
     Ok(Mutation {
         patch,
-        name: meta(parsed).display_name().to_string(),
+        name,
         applied,
         skipped,
     })
@@ -179,7 +179,7 @@ impl Parsed {
         }
     }
 
-    fn mutate(&self, namespace: Option<&str>, config: &Config) -> Result<Mutation> {
+    fn mutate(self, namespace: Option<&str>, config: &Config) -> Result<Mutation> {
         match self {
             Parsed::Pod(o) => apply(
                 o,
@@ -408,8 +408,8 @@ pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
 }
 
 fn answer(review: Review, config: &Config) -> Result<Vec<u8>> {
-    let request = review.request.ok_or(AdmissionError::NoRequest)?;
-    let patch = decide(&request, config);
+    let mut request = review.request.ok_or(AdmissionError::NoRequest)?;
+    let patch = decide(&mut request, config);
     let out = ReviewOut {
         // Answer in the version we were asked in.
         api_version: review.api_version.unwrap_or(REVIEW_API_VERSION),
@@ -425,7 +425,7 @@ fn answer(review: Review, config: &Config) -> Result<Vec<u8>> {
 }
 
 /// The JSON Patch to send, if any; logs the decision.
-fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
+fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
     let Request {
         kind,
         namespace,
@@ -453,7 +453,7 @@ fn decide(request: &Request, config: &Config) -> Option<Vec<u8>> {
         );
         return None;
     }
-    let Some(object) = object else {
+    let Some(object) = object.take() else {
         tracing::warn!(
             kind = target.name(),
             namespace = ns,
@@ -667,12 +667,10 @@ mod tests {
         ));
     }
 
-    /// The single pass answers every fixture as the general path (object parsed on its own)
-    /// does, also with the object before the kind.
-    #[test]
-    fn one_pass_answers_like_the_general_path() {
+    /// Every AdmissionReview among the test and benchmark fixtures, with its path.
+    fn fixtures() -> Vec<(std::path::PathBuf, Vec<u8>, Value)> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut checked = 0;
+        let mut found = Vec::new();
         for dir in ["tests/data", "bench/data"] {
             let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
                 continue;
@@ -680,49 +678,102 @@ mod tests {
             for entry in entries {
                 let path = entry.unwrap().path();
                 let body = std::fs::read(&path).unwrap();
-                let Ok(mut full) = serde_json::from_slice::<Value>(&body) else {
-                    continue;
-                };
-                if full["kind"] != "AdmissionReview" {
-                    continue;
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(full) if full["kind"] == "AdmissionReview" => found.push((path, body, full)),
+                    _ => {}
                 }
-                for mode in ["kfpAccess: token", "kfpAccess: header"] {
-                    let config = crate::config::Settings::from_yaml(mode, "t")
-                        .unwrap()
-                        .resolve(&crate::config::Capabilities::modern());
-                    let general = serde_json::from_slice::<TextReview>(&body).unwrap().into();
-                    let expected = answer(general, &config).unwrap();
-                    assert_eq!(
-                        review(&body, &config).unwrap(),
-                        expected,
-                        "{}",
-                        path.display()
-                    );
-                    checked += 1;
-                }
-                // The object first (serde_json's map is sorted: "object" < "operation" but after "kind"):
-                // move it to the front by hand.
-                let object = full["request"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("object")
-                    .unwrap();
-                let rest = serde_json::to_string(&full["request"]).unwrap();
-                let reordered = format!(
-                    r#"{{"apiVersion":"admission.k8s.io/v1","request":{{"object":{object},{}}}"#,
-                    &rest[1..]
-                );
-                let config = Config::default();
-                let general = serde_json::from_slice::<TextReview>(reordered.as_bytes())
-                    .unwrap()
-                    .into();
-                assert_eq!(
-                    review(reordered.as_bytes(), &config).unwrap(),
-                    answer(general, &config).unwrap()
-                );
             }
         }
-        assert!(checked >= 10, "only {checked} fixtures checked");
+        assert!(found.len() >= 5, "only {} fixtures", found.len());
+        found
+    }
+
+    fn modes() -> Vec<Config> {
+        ["kfpAccess: token", "kfpAccess: header"]
+            .into_iter()
+            .map(|mode| {
+                crate::config::Settings::from_yaml(mode, "t")
+                    .unwrap()
+                    .resolve(&crate::config::Capabilities::modern())
+            })
+            .collect()
+    }
+
+    /// The single pass answers every fixture as the general path (object parsed on its own)
+    /// does, also with the object before the kind.
+    #[test]
+    fn one_pass_answers_like_the_general_path() {
+        for (path, body, mut full) in fixtures() {
+            for config in modes() {
+                let general = serde_json::from_slice::<TextReview>(&body).unwrap().into();
+                let expected = answer(general, &config).unwrap();
+                assert_eq!(
+                    review(&body, &config).unwrap(),
+                    expected,
+                    "{}",
+                    path.display()
+                );
+            }
+            // The object first (serde_json's map is sorted: "object" < "operation" but after "kind"):
+            // move it to the front by hand.
+            let object = full["request"]
+                .as_object_mut()
+                .unwrap()
+                .remove("object")
+                .unwrap();
+            let rest = serde_json::to_string(&full["request"]).unwrap();
+            let reordered = format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","request":{{"object":{object},{}}}"#,
+                &rest[1..]
+            );
+            let config = Config::default();
+            let general = serde_json::from_slice::<TextReview>(reordered.as_bytes())
+                .unwrap()
+                .into();
+            assert_eq!(
+                review(reordered.as_bytes(), &config).unwrap(),
+                answer(general, &config).unwrap()
+            );
+        }
+    }
+
+    /// On every fixture the patch (diff of the pruned views) is the diff of the whole views.
+    #[test]
+    fn patch_is_the_diff_of_the_whole_views() {
+        fn check<T: for<'de> Deserialize<'de> + Serialize + Prune + Clone>(
+            object: &Value,
+            rule: impl Fn(&T, &str, &Config) -> Decision<T>,
+        ) -> usize {
+            let mut changed = 0;
+            for config in modes() {
+                let before: T = serde_json::from_value(object.clone()).unwrap();
+                let after = rule(&before, "alice", &config).object;
+                let whole = json_patch::diff(
+                    &serde_json::to_value(&before).unwrap(),
+                    &serde_json::to_value(&after).unwrap(),
+                );
+                assert_eq!(patch::diff(before, after).unwrap(), whole);
+                changed += usize::from(!whole.0.is_empty());
+            }
+            changed
+        }
+        let mut changed = 0;
+        for (_, _, full) in fixtures() {
+            let object = &full["request"]["object"];
+            let kind = &full["request"]["kind"];
+            let target = Target::of(
+                kind["group"].as_str().unwrap_or(""),
+                kind["version"].as_str().unwrap_or(""),
+                kind["kind"].as_str().unwrap_or(""),
+            );
+            changed += match target {
+                Some(Target::Pod) => check(object, policy::mutate_pod),
+                Some(Target::Job) => check(object, policy::mutate_job),
+                Some(Target::Trial) => check(object, policy::mutate_trial),
+                None => 0,
+            };
+        }
+        assert!(changed >= 8, "only {changed} fixtures changed by a rule");
     }
 
     #[test]

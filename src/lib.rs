@@ -2,7 +2,7 @@
 //!
 //! Pure decision code lives in [`policy`] (admission rules over the typed views of [`model`])
 //! and [`istio`] (the objects kept per profile); [`admission`] turns an AdmissionReview into a
-//! response without I/O. I/O lives in [`webhook`] (HTTPS server) and [`controller`].
+//! response without I/O, with the patch of [`patch`]. I/O lives in [`webhook`] (HTTPS server) and [`controller`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -14,6 +14,7 @@ pub mod istio;
 pub mod local;
 pub mod manifests;
 pub mod model;
+pub mod patch;
 pub mod policy;
 pub mod telemetry;
 pub mod webhook;

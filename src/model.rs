@@ -123,13 +123,42 @@ pub struct InitContainer {
     pub restart_policy: Option<String>,
 }
 
-/// A list element identified by `name` (env var, volume). Existing elements are read by name
-/// only; elements a rule adds carry their whole body in `rest`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+/// A list element identified by `name` (env var, volume). An element read from the object is
+/// known by its name only (`body` is `None`); an element a rule adds carries its whole body.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct Named {
     pub name: String,
-    #[serde(flatten, skip_deserializing)]
-    pub rest: Map<String, Value>,
+    #[serde(skip)]
+    pub body: Option<Map<String, Value>>,
+}
+
+impl Named {
+    /// An element to add, `name` plus the members of `body`.
+    pub fn new(name: impl Into<String>, body: Map<String, Value>) -> Self {
+        Self {
+            name: name.into(),
+            body: Some(body),
+        }
+    }
+}
+
+/// A view is serialized only to be diffed against another version of itself, so an element read
+/// from the object serializes as a `null` placeholder: it keeps its index, and equal elements
+/// give no operation, without building its name as JSON. (A rule that gave a read element a
+/// body would get a `replace` of that element, which is what it would mean.)
+impl Serialize for Named {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(body) = &self.body else {
+            return serializer.serialize_unit();
+        };
+        let mut map = serializer.serialize_map(Some(body.len() + 1))?;
+        map.serialize_entry("name", &self.name)?;
+        for (key, value) in body {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -221,14 +250,14 @@ mod tests {
         let mut after = before.clone();
         after.metadata.set_label("b", "2");
         let spec = after.spec.as_mut().unwrap();
-        spec.volumes.as_mut().unwrap().push(Named {
-            name: "t".into(),
-            rest: json!({"emptyDir": {}}).as_object().unwrap().clone(),
-        });
-        spec.containers[0].env.as_mut().unwrap().push(Named {
-            name: "F".into(),
-            rest: json!({"value": "w"}).as_object().unwrap().clone(),
-        });
+        spec.volumes.as_mut().unwrap().push(Named::new(
+            "t",
+            json!({"emptyDir": {}}).as_object().unwrap().clone(),
+        ));
+        spec.containers[0].env.as_mut().unwrap().push(Named::new(
+            "F",
+            json!({"value": "w"}).as_object().unwrap().clone(),
+        ));
         let patch = json_patch::diff(
             &serde_json::to_value(&before).unwrap(),
             &serde_json::to_value(&after).unwrap(),

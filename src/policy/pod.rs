@@ -138,7 +138,7 @@ mod tests {
             "KF_PIPELINES_SA_TOKEN_PATH"
         );
         assert_eq!(
-            c.env.as_ref().unwrap()[0].rest["value"],
+            c.env.as_ref().unwrap()[0].body.as_ref().unwrap()["value"],
             "/var/run/secrets/kubeflow/pipelines/token"
         );
         assert_eq!(
@@ -148,7 +148,7 @@ mod tests {
         let volume = &spec.volumes.as_ref().unwrap()[0];
         assert_eq!(volume.name, token::TOKEN_VOLUME);
         assert_eq!(
-            volume.rest["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            volume.body.as_ref().unwrap()["projected"]["sources"][0]["serviceAccountToken"]["audience"],
             "pipelines.kubeflow.org"
         );
     }

@@ -33,23 +33,20 @@ fn body(value: Value) -> Map<String, Value> {
 pub fn token_injection(config: &Config) -> TokenInjection {
     let kfp = &config.settings.ml_pipeline;
     TokenInjection {
-        volume: Named {
-            name: TOKEN_VOLUME.into(),
-            rest: body(json!({"projected": {"sources": [{"serviceAccountToken": {
+        volume: Named::new(
+            TOKEN_VOLUME,
+            body(json!({"projected": {"sources": [{"serviceAccountToken": {
                 "path": "token",
                 "expirationSeconds": kfp.token_expiration_seconds,
                 "audience": kfp.token_audience,
             }}]}})),
-        },
+        ),
         mount: VolumeMount {
             name: TOKEN_VOLUME.into(),
             mount_path: kfp.token_mount_path.clone(),
             read_only: Some(true),
         },
-        env: Named {
-            name: TOKEN_PATH_ENV.into(),
-            rest: body(json!({"value": config.token_file()})),
-        },
+        env: Named::new(TOKEN_PATH_ENV, body(json!({"value": config.token_file()}))),
     }
 }
 

@@ -1,0 +1,347 @@
+//! The JSON Patch between a view and its changed version: `json_patch::diff` of the two, after
+//! pruning from both what is equal in both.
+//!
+//! Pruning keeps exactly the shape `json_patch::diff` walks: a member equal in both is removed
+//! from both (the diff would recurse into it and find nothing), and a list element equal in
+//! both is replaced in both by the same placeholder (its index, and so every other path,
+//! stays the same). The patch is therefore the diff of the whole views, without serializing
+//! the parts no rule touched.
+
+use serde::Serialize;
+
+use crate::model::{Container, Job, Labels, ObjectMeta, Pod, PodSpec, PodTemplate, Trial};
+
+/// The patch that turns `before` into `after`, both views of the same object.
+pub fn diff<T: Prune + Serialize>(
+    mut before: T,
+    mut after: T,
+) -> Result<json_patch::Patch, serde_json::Error> {
+    T::prune(&mut before, &mut after);
+    Ok(json_patch::diff(
+        &serde_json::to_value(&before)?,
+        &serde_json::to_value(&after)?,
+    ))
+}
+
+/// Removes from two versions of a view what is equal in both (see the module's docs).
+pub trait Prune {
+    fn prune(before: &mut Self, after: &mut Self);
+}
+
+/// An optional member: gone from both when equal, else its parts pruned.
+fn member<T: PartialEq>(
+    before: &mut Option<T>,
+    after: &mut Option<T>,
+    parts: impl FnOnce(&mut T, &mut T),
+) {
+    if before == after {
+        *before = None;
+        *after = None;
+    } else if let (Some(before), Some(after)) = (before, after) {
+        parts(before, after);
+    }
+}
+
+/// An optional member no rule looks into: gone from both when equal.
+fn leaf<T: PartialEq>(before: &mut Option<T>, after: &mut Option<T>) {
+    member(before, after, |_, _| {});
+}
+
+/// A list: elements equal in both become the same placeholder in both, the others are pruned.
+fn elements<T: PartialEq + Default>(
+    before: &mut [T],
+    after: &mut [T],
+    parts: impl Fn(&mut T, &mut T),
+) {
+    for (before, after) in before.iter_mut().zip(after.iter_mut()) {
+        if before == after {
+            *before = T::default();
+            *after = T::default();
+        } else {
+            parts(before, after);
+        }
+    }
+}
+
+/// A map of strings (labels, annotations): entries equal in both are removed from both.
+fn entries(before: &mut Labels, after: &mut Labels) {
+    before.retain(|key, value| {
+        let equal = after.get(key) == Some(value);
+        if equal {
+            after.remove(key);
+        }
+        !equal
+    });
+}
+
+impl Prune for ObjectMeta {
+    fn prune(before: &mut Self, after: &mut Self) {
+        leaf(&mut before.name, &mut after.name);
+        leaf(&mut before.generate_name, &mut after.generate_name);
+        leaf(&mut before.namespace, &mut after.namespace);
+        member(&mut before.labels, &mut after.labels, entries);
+        member(&mut before.annotations, &mut after.annotations, entries);
+        leaf(&mut before.owner_references, &mut after.owner_references);
+    }
+}
+
+impl Prune for Pod {
+    fn prune(before: &mut Self, after: &mut Self) {
+        ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
+        member(&mut before.spec, &mut after.spec, PodSpec::prune);
+    }
+}
+
+impl Prune for PodSpec {
+    fn prune(before: &mut Self, after: &mut Self) {
+        elements(
+            &mut before.containers,
+            &mut after.containers,
+            Container::prune,
+        );
+        leaf(&mut before.init_containers, &mut after.init_containers);
+        member(&mut before.volumes, &mut after.volumes, |b, a| {
+            elements(b, a, |_, _| {})
+        });
+        leaf(
+            &mut before.service_account_name,
+            &mut after.service_account_name,
+        );
+    }
+}
+
+impl Prune for Container {
+    fn prune(before: &mut Self, after: &mut Self) {
+        leaf(&mut before.command, &mut after.command);
+        leaf(&mut before.args, &mut after.args);
+        member(&mut before.env, &mut after.env, |b, a| {
+            elements(b, a, |_, _| {})
+        });
+        member(
+            &mut before.volume_mounts,
+            &mut after.volume_mounts,
+            |b, a| elements(b, a, |_, _| {}),
+        );
+        leaf(
+            &mut before.termination_message_path,
+            &mut after.termination_message_path,
+        );
+    }
+}
+
+impl Prune for Job {
+    fn prune(before: &mut Self, after: &mut Self) {
+        ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
+        member(&mut before.spec, &mut after.spec, |b, a| {
+            PodTemplate::prune(&mut b.template, &mut a.template)
+        });
+    }
+}
+
+impl Prune for PodTemplate {
+    fn prune(before: &mut Self, after: &mut Self) {
+        member(&mut before.metadata, &mut after.metadata, ObjectMeta::prune);
+        member(&mut before.spec, &mut after.spec, |b, a| {
+            leaf(&mut b.service_account_name, &mut a.service_account_name);
+            leaf(&mut b.service_account, &mut a.service_account);
+        });
+    }
+}
+
+impl Prune for Trial {
+    fn prune(before: &mut Self, after: &mut Self) {
+        ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{Named, OwnerReference, VolumeMount};
+
+    /// The pruned diff is the diff of the whole views.
+    fn same_as_whole<T: Prune + Serialize + Clone>(before: &T, after: &T) -> json_patch::Patch {
+        let whole = json_patch::diff(
+            &serde_json::to_value(before).unwrap(),
+            &serde_json::to_value(after).unwrap(),
+        );
+        let pruned = diff(before.clone(), after.clone()).unwrap();
+        assert_eq!(pruned, whole);
+        pruned
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Option<Labels> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn pod() -> Pod {
+        let named = |n: &str| Named {
+            name: n.into(),
+            body: None,
+        };
+        let container = |n: &str| Container {
+            name: n.into(),
+            command: Some(vec!["python".into()]),
+            args: Some(vec!["train.py".into()]),
+            env: Some(vec![named("A"), named("B")]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "v".into(),
+                mount_path: "/v".into(),
+                read_only: None,
+            }]),
+            termination_message_path: None,
+        };
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("alice".into()),
+                labels: labels(&[("a", "1"), ("b", "2")]),
+                annotations: labels(&[("x", "y")]),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: "j".into(),
+                }]),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![container("main"), container("metrics-logger-and-collector")],
+                volumes: Some(vec![named("v")]),
+                service_account_name: Some("default-editor".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn equal_views_give_no_operation() {
+        assert!(same_as_whole(&pod(), &pod()).0.is_empty());
+    }
+
+    #[test]
+    fn label_added_changed_and_removed() {
+        let mut after = pod();
+        after.metadata.set_label("c", "3");
+        after.metadata.set_label("a", "0");
+        after.metadata.remove_label("b");
+        let patch = same_as_whole(&pod(), &after);
+        assert_eq!(patch.0.len(), 3, "{patch:?}");
+    }
+
+    #[test]
+    fn labels_where_there_were_none() {
+        let mut before = pod();
+        before.metadata.labels = None;
+        before.metadata.annotations = None;
+        let mut after = before.clone();
+        after.metadata.set_label("kubeflow-extension", "true");
+        after
+            .metadata
+            .set_annotation("sidecar.istio.io/inject", "true");
+        let patch = same_as_whole(&before, &after);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!([
+                {"op": "add", "path": "/metadata/annotations", "value": {"sidecar.istio.io/inject": "true"}},
+                {"op": "add", "path": "/metadata/labels", "value": {"kubeflow-extension": "true"}},
+            ])
+        );
+    }
+
+    #[test]
+    fn second_container_changed_keeps_its_index() {
+        let mut after = pod();
+        let spec = after.spec.as_mut().unwrap();
+        spec.containers[1].command = Some(vec!["sh".into(), "-c".into()]);
+        spec.containers[1].env.as_mut().unwrap().push(Named::new(
+            "T",
+            json!({"value": "t"}).as_object().unwrap().clone(),
+        ));
+        spec.containers[1].termination_message_path = Some("/dev/termination-log".into());
+        let patch = same_as_whole(&pod(), &after);
+        let paths: Vec<String> = patch.0.iter().map(|op| op.path().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/spec/containers/1/command/0",
+                "/spec/containers/1/command/1",
+                "/spec/containers/1/env/2",
+                "/spec/containers/1/terminationMessagePath"
+            ]
+        );
+    }
+
+    #[test]
+    fn appended_volume_mount_and_volume() {
+        let mut after = pod();
+        let spec = after.spec.as_mut().unwrap();
+        spec.containers[0]
+            .volume_mounts
+            .as_mut()
+            .unwrap()
+            .push(VolumeMount {
+                name: "t".into(),
+                mount_path: "/t".into(),
+                read_only: Some(true),
+            });
+        spec.volumes.as_mut().unwrap().push(Named::new(
+            "t",
+            json!({"emptyDir": {}}).as_object().unwrap().clone(),
+        ));
+        spec.service_account_name = Some("other".into());
+        assert_eq!(same_as_whole(&pod(), &after).0.len(), 3);
+    }
+
+    #[test]
+    fn spec_where_there_was_none_and_the_reverse() {
+        let mut before = pod();
+        before.spec = None;
+        same_as_whole(&before, &pod());
+        same_as_whole(&pod(), &before);
+    }
+
+    #[test]
+    fn job_template_label_annotation_and_service_account() {
+        let before: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j", "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Trial", "name": "t"}]},
+            "spec": {"template": {"metadata": {"labels": {"a": "1"}}, "spec": {"serviceAccount": "x", "serviceAccountName": "x"}}}
+        }))
+        .unwrap();
+        let mut after = before.clone();
+        let template = &mut after.spec.as_mut().unwrap().template;
+        template
+            .metadata
+            .as_mut()
+            .unwrap()
+            .set_label("kubeflow-extension", "true");
+        template
+            .metadata
+            .as_mut()
+            .unwrap()
+            .set_annotation("sidecar.istio.io/inject", "true");
+        let spec = template.spec.as_mut().unwrap();
+        spec.service_account_name = Some("default-editor".into());
+        spec.service_account = Some("default-editor".into());
+        assert_eq!(same_as_whole(&before, &after).0.len(), 4);
+    }
+
+    #[test]
+    fn trial_label() {
+        let before = Trial {
+            metadata: ObjectMeta {
+                name: Some("t".into()),
+                ..Default::default()
+            },
+        };
+        let mut after = before.clone();
+        after.metadata.set_label("kubeflow-extension", "true");
+        assert_eq!(same_as_whole(&before, &after).0.len(), 1);
+    }
+}
