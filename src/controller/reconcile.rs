@@ -36,7 +36,7 @@ pub const FINALIZER: &str = "tenancy-fixer.kubeflow.org/cleanup";
 pub const FIELD_MANAGER: &str = "tenancy-fixer";
 /// Periodic resync of every profile (drift the watches missed; 0 writes when nothing changed).
 pub const RESYNC: Duration = Duration::from_secs(600);
-/// Retry while the watch caches are still filling after start.
+/// Retry while the watch caches are still filling after start, or are behind our own writes.
 const CACHE_WAIT: Duration = Duration::from_secs(1);
 /// Backoff after a failed reconcile: doubles from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
@@ -296,15 +296,25 @@ pub(super) async fn reconcile(profile: Arc<Profile>, ctx: Arc<Context>) -> Resul
     if patch_sent {
         ctx.stats.finalizer_patch();
     }
-    // A reconcile queued by cleanup's own deletes can run on the cached Profile after the first
-    // one released the finalizer and the Profile vanished: nothing left to do.
     let result = match result {
+        // A reconcile queued by cleanup's own deletes can run on the cached Profile after the
+        // first one released the finalizer and the Profile vanished: nothing left to do.
         Err(
             finalizer::Error::AddFinalizer(kube::Error::Api(s))
             | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
         ) if s.is_not_found() => {
             debug!(profile = %name, "profile already gone");
             Ok(Action::await_change())
+        }
+        // The patch's `test` of the finalizer list failed: the cached Profile is older than the
+        // server's (a reconcile ran before the watch brought our own finalizer patch). Not a
+        // failure: look again once the cache has caught up.
+        Err(
+            finalizer::Error::AddFinalizer(kube::Error::Api(s))
+            | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
+        ) if s.is_invalid() => {
+            debug!(profile = %name, "cached profile is stale");
+            Ok(Action::requeue(CACHE_WAIT))
         }
         other => other,
     };
