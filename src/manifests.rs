@@ -168,6 +168,12 @@ pub const CONTAINER_PORT: i32 = 8443;
 /// cert-manager's cainjector fills a webhook's caBundle from the Certificate this names.
 pub const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
 /// UID and GID the container runs as (the Dockerfile's `USER`).
+/// glibc malloc settings of the server process (`GLIBC_TUNABLES`, set by the Deployment and the
+/// image). A review frees more small blocks of one size than glibc's per-thread cache keeps (7);
+/// the rest go to the fast bins, which glibc consolidates before the next large allocation (the
+/// next request body). A larger cache keeps them ready: −13 % instructions per notebook-pod
+/// review (bench/README.md), a few hundred KiB of RSS at most.
+pub const MALLOC_TUNABLES: &str = "glibc.malloc.tcache_count=256";
 const RUN_AS: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/tenancy-fixer/config";
 const TLS_DIR: &str = "/etc/tenancy-fixer/tls";
@@ -502,10 +508,15 @@ fn deployment(image: &str) -> Deployment {
             format!("--listen=0.0.0.0:{CONTAINER_PORT}"),
             "--leader-elect".into(),
         ]),
-        // The Lease's namespace and this replica's identity in it.
+        // The Lease's namespace and this replica's identity in it; the allocator's settings.
         env: Some(vec![
             downward("POD_NAME", "metadata.name"),
             downward("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "GLIBC_TUNABLES".into(),
+                value: Some(MALLOC_TUNABLES.into()),
+                ..EnvVar::default()
+            },
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("https".into()),
@@ -645,6 +656,27 @@ mod tests {
     }
 
     #[test]
+    fn image_and_deployment_tune_malloc_alike() {
+        let dockerfile = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"),
+        )
+        .unwrap();
+        assert!(
+            dockerfile
+                .lines()
+                .any(|l| l == format!("ENV GLIBC_TUNABLES={MALLOC_TUNABLES}"))
+        );
+        let docs = documents(&install_manifests(&Install::default()).unwrap());
+        let env = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "GLIBC_TUNABLES" && e["value"] == MALLOC_TUNABLES)
+        );
+    }
+
+    #[test]
     fn default_install_has_every_object_once_in_order() {
         let out = install_manifests(&Install::default()).unwrap();
         assert!(out.starts_with(INSTALL_HEADER));
@@ -746,17 +778,18 @@ mod tests {
             .unwrap()
             .iter()
             .map(|e| {
-                (
-                    e["name"].as_str().unwrap(),
-                    e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap(),
-                )
+                let value = e["valueFrom"]["fieldRef"]["fieldPath"]
+                    .as_str()
+                    .or(e["value"].as_str());
+                (e["name"].as_str().unwrap(), value.unwrap())
             })
             .collect();
         assert_eq!(
             env,
             [
                 ("POD_NAME", "metadata.name"),
-                ("POD_NAMESPACE", "metadata.namespace")
+                ("POD_NAMESPACE", "metadata.namespace"),
+                ("GLIBC_TUNABLES", MALLOC_TUNABLES)
             ]
         );
         for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {

@@ -307,6 +307,8 @@ impl Setup {
             .arg("--tls-key")
             .arg(&self.key)
             .env_remove("TENANCY_FIXER_LOG_FORMAT")
+            // As deployed (both servers: the reference shares the allocator).
+            .env("GLIBC_TUNABLES", tenancy_fixer::manifests::MALLOC_TUNABLES)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
