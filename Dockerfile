@@ -8,7 +8,7 @@ RUN cargo build --release --locked --bin tenancy-fixer
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/tenancy-fixer /usr/local/bin/tenancy-fixer
 # manifests::MALLOC_TUNABLES (a test keeps the two equal).
-ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=256
+ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=64
 # Numeric, so that the Deployment's runAsNonRoot can check it (runAsUser 65532 there too).
 USER 65532:65532
 EXPOSE 8443
