@@ -114,17 +114,14 @@ pub fn mutate(
     }
 }
 
-fn run<T>(
+fn run<'a, T: Deserialize<'a> + Serialize + Prune>(
     target: Target,
-    object: &str,
+    object: &'a str,
     namespace: Option<&str>,
     config: &Config,
-    meta: impl Fn(&T) -> &ObjectMeta,
+    meta: impl Fn(&T) -> &ObjectMeta<'a>,
     rule: impl Fn(&T, &str, &Config) -> Decision<T>,
-) -> Result<Mutation>
-where
-    T: for<'de> Deserialize<'de> + Serialize + Prune,
-{
+) -> Result<Mutation> {
     let parsed: T = serde_json::from_str(object).map_err(|source| AdmissionError::Object {
         kind: target.name(),
         source,
@@ -133,11 +130,11 @@ where
 }
 
 /// The rules on a parsed view, and the patch (the diff of the views) when one applied.
-fn apply<T: Serialize + Prune>(
+fn apply<'a, T: Serialize + Prune>(
     parsed: T,
     namespace: Option<&str>,
     config: &Config,
-    meta: impl Fn(&T) -> &ObjectMeta,
+    meta: impl Fn(&T) -> &ObjectMeta<'a>,
     rule: impl Fn(&T, &str, &Config) -> Decision<T>,
 ) -> Result<Mutation> {
     // The request names the namespace; a pod from a generateName may not carry it yet.
@@ -164,13 +161,13 @@ fn apply<T: Serialize + Prune>(
 }
 
 /// A view parsed in the same pass as the review (see [`Request`]).
-enum Parsed {
-    Pod(Pod),
-    Job(Job),
-    Trial(Trial),
+enum Parsed<'a> {
+    Pod(Pod<'a>),
+    Job(Job<'a>),
+    Trial(Trial<'a>),
 }
 
-impl Parsed {
+impl Parsed<'_> {
     fn target(&self) -> Target {
         match self {
             Parsed::Pod(_) => Target::Pod,
@@ -209,7 +206,7 @@ impl Parsed {
 /// The request's object, as far as the single pass over the review got with it.
 enum Object<'a> {
     /// Parsed straight into its view: the kind came first (as the API server sends it).
-    Parsed(Parsed),
+    Parsed(Parsed<'a>),
     /// Came before the kind: kept as text and parsed once the kind is known.
     Raw(&'a RawValue),
     /// Not read: a kind we do not handle, or not a CREATE.
@@ -740,13 +737,13 @@ mod tests {
     /// On every fixture the patch (diff of the pruned views) is the diff of the whole views.
     #[test]
     fn patch_is_the_diff_of_the_whole_views() {
-        fn check<T: for<'de> Deserialize<'de> + Serialize + Prune + Clone>(
-            object: &Value,
+        fn check<'v, T: Deserialize<'v> + Serialize + Prune + Clone>(
+            object: &'v Value,
             rule: impl Fn(&T, &str, &Config) -> Decision<T>,
         ) -> usize {
             let mut changed = 0;
             for config in modes() {
-                let before: T = serde_json::from_value(object.clone()).unwrap();
+                let before = T::deserialize(object).unwrap();
                 let after = rule(&before, "alice", &config).object;
                 let whole = json_patch::diff(
                     &serde_json::to_value(&before).unwrap(),

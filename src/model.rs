@@ -6,54 +6,112 @@
 //! view)` yields paths that are valid on the full object: the patch touches exactly what a rule
 //! changed and nothing the view does not hold.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap, fmt, ops::Deref};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub type Labels = BTreeMap<String, String>;
+/// A string of a view: borrowed from the request body, owned when the body escapes it or a
+/// rule writes it. (A newtype because serde borrows a `Cow` only as the field's own type, never
+/// inside an `Option`, `Vec` or map.)
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Deref for Str<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets a map keyed by `Str` be looked up by `&str`.
+impl std::borrow::Borrow<str> for Str<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'a> From<&'a str> for Str<'a> {
+    fn from(s: &'a str) -> Self {
+        Str(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for Str<'_> {
+    fn from(s: String) -> Self {
+        Str(Cow::Owned(s))
+    }
+}
+
+impl fmt::Display for Str<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
+    }
+}
+
+impl fmt::Debug for Str<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq<&str> for Str<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<String> for Str<'_> {
+    fn eq(&self, other: &String) -> bool {
+        **self == **other
+    }
+}
+
+pub type Labels<'a> = BTreeMap<Str<'a>, Str<'a>>;
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generate_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Labels>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<Labels>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner_references: Option<Vec<OwnerReference>>,
+pub struct ObjectMeta<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Str<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<Str<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Str<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Labels<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub owner_references: Option<Vec<OwnerReference<'a>>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OwnerReference {
-    #[serde(default)]
-    pub api_version: String,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub name: String,
+pub struct OwnerReference<'a> {
+    #[serde(default, borrow)]
+    pub api_version: Str<'a>,
+    #[serde(default, borrow)]
+    pub kind: Str<'a>,
+    #[serde(default, borrow)]
+    pub name: Str<'a>,
 }
 
-impl ObjectMeta {
+impl ObjectMeta<'_> {
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.as_ref()?.get(key).map(String::as_str)
+        self.labels.as_ref()?.get(key).map(|value| &**value)
     }
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.as_ref()?.get(key).map(String::as_str)
+        self.annotations.as_ref()?.get(key).map(|value| &**value)
     }
 
     pub fn set_label(&mut self, key: &str, value: &str) {
         self.labels
             .get_or_insert_default()
-            .insert(key.into(), value.into());
+            .insert(key.to_owned().into(), value.to_owned().into());
     }
 
     pub fn remove_label(&mut self, key: &str) {
@@ -65,7 +123,7 @@ impl ObjectMeta {
     pub fn set_annotation(&mut self, key: &str, value: &str) {
         self.annotations
             .get_or_insert_default()
-            .insert(key.into(), value.into());
+            .insert(key.to_owned().into(), value.to_owned().into());
     }
 
     /// The name to show in logs: the name, else the generateName prefix.
@@ -79,62 +137,65 @@ impl ObjectMeta {
 
 /// A Pod, as far as the pod rules care.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct Pod {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<PodSpec>,
+pub struct Pod<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PodSpec<'a>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PodSpec {
-    #[serde(default)]
-    pub containers: Vec<Container>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_containers: Option<Vec<InitContainer>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Vec<Named>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account_name: Option<String>,
+pub struct PodSpec<'a> {
+    #[serde(default, borrow)]
+    pub containers: Vec<Container<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub init_containers: Option<Vec<InitContainer<'a>>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Named<'a>>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<Str<'a>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Container {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<Named>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume_mounts: Option<Vec<VolumeMount>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub termination_message_path: Option<String>,
+pub struct Container<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<Str<'a>>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<Str<'a>>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<Named<'a>>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<VolumeMount<'a>>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub termination_message_path: Option<Str<'a>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct InitContainer {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_policy: Option<String>,
+pub struct InitContainer<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<Str<'a>>,
 }
 
 /// A list element identified by `name` (env var, volume). An element read from the object is
 /// known by its name only (`body` is `None`); an element a rule adds carries its whole body.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct Named {
-    pub name: String,
+pub struct Named<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
     #[serde(skip)]
     pub body: Option<Map<String, Value>>,
 }
 
-impl Named {
+impl<'a> Named<'a> {
     /// An element to add, `name` plus the members of `body`.
-    pub fn new(name: impl Into<String>, body: Map<String, Value>) -> Self {
+    pub fn new(name: impl Into<Str<'a>>, body: Map<String, Value>) -> Self {
         Self {
             name: name.into(),
             body: Some(body),
@@ -146,7 +207,7 @@ impl Named {
 /// from the object serializes as a `null` placeholder: it keeps its index, and equal elements
 /// give no operation, without building its name as JSON. (A rule that gave a read element a
 /// body would get a `replace` of that element, which is what it would mean.)
-impl Serialize for Named {
+impl Serialize for Named<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let Some(body) = &self.body else {
@@ -163,51 +224,53 @@ impl Serialize for Named {
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct VolumeMount {
-    pub name: String,
-    pub mount_path: String,
+pub struct VolumeMount<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub mount_path: Str<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
 }
 
 /// A batch/v1 Job, as far as the job rule cares.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct Job {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<JobSpec>,
+pub struct Job<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec<'a>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct JobSpec {
-    #[serde(default)]
-    pub template: PodTemplate,
+pub struct JobSpec<'a> {
+    #[serde(default, borrow)]
+    pub template: PodTemplate<'a>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct PodTemplate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<ObjectMeta>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<TemplateSpec>,
+pub struct PodTemplate<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<TemplateSpec<'a>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TemplateSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account_name: Option<String>,
+pub struct TemplateSpec<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<Str<'a>>,
     /// Deprecated alias of `serviceAccountName`; kept in step when a manifest still sets it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<Str<'a>>,
 }
 
 /// A Katib Trial (kubeflow.org v1beta1 or v1alpha3): only its metadata matters.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct Trial {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
+pub struct Trial<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
 }
 
 /// A Kubeflow Profile (kubeflow.org/v1, cluster-scoped; its name is the namespace's name).
@@ -237,6 +300,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Strings are borrowed from the body, also inside `Option`, `Vec` and maps; an escaped one
+    /// is unescaped into an owned string.
+    #[test]
+    fn strings_borrow_from_the_body_unless_escaped() {
+        let text = r#"{"metadata": {"name": "p", "labels": {"a": "x\ny"}},
+                       "spec": {"containers": [{"name": "c", "args": ["--lr"]}]}}"#;
+        let pod: Pod = serde_json::from_str(text).unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        for borrowed in [
+            pod.metadata.name.as_ref().unwrap(),
+            pod.metadata.labels.as_ref().unwrap().keys().next().unwrap(),
+            &spec.containers[0].args.as_ref().unwrap()[0],
+        ] {
+            assert!(matches!(borrowed.0, Cow::Borrowed(_)), "{borrowed:?}");
+        }
+        assert_eq!(pod.metadata.label("a"), Some("x\ny"));
+    }
+
     #[test]
     fn patch_of_a_view_applies_to_the_full_object() {
         let full = json!({
@@ -246,7 +327,7 @@ mod tests {
                 "volumes": [{"name": "v", "emptyDir": {}}]
             }
         });
-        let before: Pod = serde_json::from_value(full.clone()).unwrap();
+        let before = Pod::deserialize(&full).unwrap();
         let mut after = before.clone();
         after.metadata.set_label("b", "2");
         let spec = after.spec.as_mut().unwrap();

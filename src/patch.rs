@@ -64,7 +64,7 @@ fn elements<T: PartialEq + Default>(
 }
 
 /// A map of strings (labels, annotations): entries equal in both are removed from both.
-fn entries(before: &mut Labels, after: &mut Labels) {
+fn entries<'a>(before: &mut Labels<'a>, after: &mut Labels<'a>) {
     before.retain(|key, value| {
         let equal = after.get(key) == Some(value);
         if equal {
@@ -74,7 +74,7 @@ fn entries(before: &mut Labels, after: &mut Labels) {
     });
 }
 
-impl Prune for ObjectMeta {
+impl Prune for ObjectMeta<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         leaf(&mut before.name, &mut after.name);
         leaf(&mut before.generate_name, &mut after.generate_name);
@@ -85,14 +85,14 @@ impl Prune for ObjectMeta {
     }
 }
 
-impl Prune for Pod {
+impl Prune for Pod<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
         member(&mut before.spec, &mut after.spec, PodSpec::prune);
     }
 }
 
-impl Prune for PodSpec {
+impl Prune for PodSpec<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         elements(
             &mut before.containers,
@@ -110,7 +110,7 @@ impl Prune for PodSpec {
     }
 }
 
-impl Prune for Container {
+impl Prune for Container<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         leaf(&mut before.command, &mut after.command);
         leaf(&mut before.args, &mut after.args);
@@ -129,7 +129,7 @@ impl Prune for Container {
     }
 }
 
-impl Prune for Job {
+impl Prune for Job<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
         member(&mut before.spec, &mut after.spec, |b, a| {
@@ -138,7 +138,7 @@ impl Prune for Job {
     }
 }
 
-impl Prune for PodTemplate {
+impl Prune for PodTemplate<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         member(&mut before.metadata, &mut after.metadata, ObjectMeta::prune);
         member(&mut before.spec, &mut after.spec, |b, a| {
@@ -148,7 +148,7 @@ impl Prune for PodTemplate {
     }
 }
 
-impl Prune for Trial {
+impl Prune for Trial<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
     }
@@ -156,6 +156,7 @@ impl Prune for Trial {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
     use serde_json::json;
 
     use super::*;
@@ -172,21 +173,16 @@ mod tests {
         pruned
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> Option<Labels> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+    fn labels<'a>(pairs: &[(&'a str, &'a str)]) -> Option<Labels<'a>> {
+        Some(pairs.iter().map(|&(k, v)| (k.into(), v.into())).collect())
     }
 
-    fn pod() -> Pod {
-        let named = |n: &str| Named {
+    fn pod() -> Pod<'static> {
+        let named = |n: &'static str| Named {
             name: n.into(),
             body: None,
         };
-        let container = |n: &str| Container {
+        let container = |n: &'static str| Container {
             name: n.into(),
             command: Some(vec!["python".into()]),
             args: Some(vec!["train.py".into()]),
@@ -309,11 +305,11 @@ mod tests {
 
     #[test]
     fn job_template_label_annotation_and_service_account() {
-        let before: Job = serde_json::from_value(json!({
+        let object = json!({
             "metadata": {"name": "j", "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Trial", "name": "t"}]},
             "spec": {"template": {"metadata": {"labels": {"a": "1"}}, "spec": {"serviceAccount": "x", "serviceAccountName": "x"}}}
-        }))
-        .unwrap();
+        });
+        let before = Job::deserialize(&object).unwrap();
         let mut after = before.clone();
         let template = &mut after.spec.as_mut().unwrap().template;
         template

@@ -15,7 +15,7 @@ pub const RULE: &str = "trial-job";
 pub const HOLD_RULE: &str = "trial-job-hold-proxy";
 pub const RESERVED_RULE: &str = "reserved-label";
 
-pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> {
+pub fn mutate_job<'a>(job: &Job<'a>, namespace: &str, config: &Config) -> Decision<Job<'a>> {
     let settings = &config.settings;
     if let Some(reason) = outside_user_namespaces(namespace, config) {
         return Decision::unchanged(job, reason);
@@ -46,7 +46,7 @@ pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> 
     let mut changed = set_label(meta, &settings.extension_label, "true");
     changed |= set_annotation(meta, SIDECAR_INJECT_ANNOTATION, "true");
     if spec.service_account_name.as_deref() != Some(settings.service_account.as_str()) {
-        spec.service_account_name = Some(settings.service_account.clone());
+        spec.service_account_name = Some(settings.service_account.clone().into());
         changed = true;
     }
     if spec
@@ -54,7 +54,7 @@ pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> 
         .as_ref()
         .is_some_and(|sa| *sa != settings.service_account)
     {
-        spec.service_account = Some(settings.service_account.clone());
+        spec.service_account = Some(settings.service_account.clone().into());
         changed = true;
     }
     if changed {
@@ -77,9 +77,9 @@ pub fn mutate_job(job: &Job, namespace: &str, config: &Config) -> Decision<Job> 
     decision.settle(job)
 }
 
-impl Decision<Job> {
+impl<'a> Decision<Job<'a>> {
     /// Drops the empty template parts created while looking, when nothing changed.
-    fn settle(mut self, original: &Job) -> Self {
+    fn settle(mut self, original: &Job<'a>) -> Self {
         if !self.changed() {
             self.object = original.clone();
         }
@@ -88,7 +88,7 @@ impl Decision<Job> {
 }
 
 /// Sets a label; true when that changed it.
-fn set_label(meta: &mut ObjectMeta, key: &str, value: &str) -> bool {
+fn set_label(meta: &mut ObjectMeta<'_>, key: &str, value: &str) -> bool {
     let changed = meta.label(key) != Some(value);
     if changed {
         meta.set_label(key, value);
@@ -97,7 +97,7 @@ fn set_label(meta: &mut ObjectMeta, key: &str, value: &str) -> bool {
 }
 
 /// Sets an annotation; true when that changed it.
-fn set_annotation(meta: &mut ObjectMeta, key: &str, value: &str) -> bool {
+fn set_annotation(meta: &mut ObjectMeta<'_>, key: &str, value: &str) -> bool {
     let changed = meta.annotation(key) != Some(value);
     if changed {
         meta.set_annotation(key, value);
@@ -113,7 +113,7 @@ mod tests {
         model::{JobSpec, OwnerReference, PodTemplate, TemplateSpec},
     };
 
-    fn job(owner_kind: &str, owner_api: &str) -> Job {
+    fn job(owner_kind: &'static str, owner_api: &'static str) -> Job<'static> {
         Job {
             metadata: ObjectMeta {
                 name: Some("trial-1".into()),
@@ -136,11 +136,11 @@ mod tests {
         }
     }
 
-    fn trial_job() -> Job {
+    fn trial_job() -> Job<'static> {
         job("Trial", "kubeflow.org/v1beta1")
     }
 
-    fn template_meta(job: &Job) -> &ObjectMeta {
+    fn template_meta<'j>(job: &'j Job) -> &'j ObjectMeta<'j> {
         job.spec
             .as_ref()
             .unwrap()
@@ -189,13 +189,7 @@ mod tests {
     fn hold_keeps_other_proxy_settings() {
         let mut j = trial_job();
         j.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
-            annotations: Some(
-                [(
-                    "proxy.istio.io/config".to_string(),
-                    "concurrency: 2\n".to_string(),
-                )]
-                .into(),
-            ),
+            annotations: Some([("proxy.istio.io/config".into(), "concurrency: 2\n".into())].into()),
             ..Default::default()
         });
         let d = mutate_job(&j, "alice", &Config::default());
@@ -238,7 +232,7 @@ mod tests {
     fn job_without_trial_owner_loses_the_reserved_label() {
         let mut j = job("CronJob", "batch/v1");
         j.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
-            labels: Some([("kubeflow-extension".to_string(), "true".to_string())].into()),
+            labels: Some([("kubeflow-extension".into(), "true".into())].into()),
             ..Default::default()
         });
         let d = mutate_job(&j, "alice", &Config::default());

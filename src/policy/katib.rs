@@ -30,7 +30,7 @@ const WAIT_ALL_FLAG: &str = "-w";
 const SHELL: &str = "/bin/sh";
 const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
-pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
+pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod<'_>>, config: &Config) {
     let settings = &config.settings;
     let Decision {
         object: pod,
@@ -42,7 +42,8 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
         settings
             .katib
             .metrics_collector_containers
-            .contains(&c.name)
+            .iter()
+            .any(|name| c.name == *name)
     };
     let Some(collector) = spec.containers.iter().position(is_collector) else {
         return;
@@ -113,7 +114,7 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod>, config: &Config) {
 
 /// Istio >= 1.27 on Kubernetes >= 1.28 injects the proxy as an init container with
 /// `restartPolicy: Always`: it starts before and stops after the application by itself.
-fn proxy_is_native_sidecar(spec: &PodSpec, proxy: &str) -> bool {
+fn proxy_is_native_sidecar(spec: &PodSpec<'_>, proxy: &str) -> bool {
     spec.init_containers
         .iter()
         .flatten()
@@ -122,7 +123,7 @@ fn proxy_is_native_sidecar(spec: &PodSpec, proxy: &str) -> bool {
 
 /// The container named after the pod's Job, else the first that is neither collector nor proxy.
 fn training_container(
-    spec: &PodSpec,
+    spec: &PodSpec<'_>,
     job_name: Option<&str>,
     is_collector: &impl Fn(&Container) -> bool,
     proxy: &str,
@@ -137,43 +138,39 @@ fn training_container(
 }
 
 /// The program and arguments the container runs, when the pod says (it has a `command`).
-fn original_argv(container: &Container) -> Option<Vec<String>> {
+fn original_argv<'c>(container: &'c Container) -> Option<Vec<&'c str>> {
     let command = container.command.as_ref().filter(|c| !c.is_empty())?;
     Some(
         command
             .iter()
             .chain(container.args.iter().flatten())
-            .cloned()
+            .map(|word| &**word)
             .collect(),
     )
 }
 
 /// The collector's program and arguments, with `-w false` when it runs Katib's own entrypoint.
-fn collector_argv(container: &Container, entrypoint: &str) -> Vec<String> {
+fn collector_argv<'c>(container: &'c Container, entrypoint: &'c str) -> Vec<&'c str> {
     if let Some(argv) = original_argv(container) {
         // A custom command: its flags are not Katib's, leave them alone.
         return argv;
     }
-    let mut argv = vec![
-        entrypoint.to_string(),
-        WAIT_ALL_FLAG.to_string(),
-        "false".to_string(),
-    ];
-    let mut args = container.args.iter().flatten();
+    let mut argv = vec![entrypoint, WAIT_ALL_FLAG, "false"];
+    let mut args = container.args.iter().flatten().map(|arg| &**arg);
     while let Some(arg) = args.next() {
-        match arg.as_str() {
+        match arg {
             "-w" | "--w" => {
                 args.next();
             }
             a if a.starts_with("-w=") || a.starts_with("--w=") => {}
-            _ => argv.push(arg.clone()),
+            _ => argv.push(arg),
         }
     }
     argv
 }
 
 fn run_script(container: &mut Container, script: String) {
-    container.command = Some(vec![SHELL.into(), "-c".into(), script]);
+    container.command = Some(vec![SHELL.into(), "-c".into(), script.into()]);
     container.args = None;
 }
 
@@ -203,7 +200,7 @@ fn wait_for_proxy(config: &Config) -> String {
 
 /// Runs the collector, keeps its exit code, stops the proxy, restores the termination log
 /// (stopping the proxy must not replace the collector's message) and exits with the code.
-fn run_then_stop_proxy(argv: &[String], termination_log: &str, config: &Config) -> String {
+fn run_then_stop_proxy(argv: &[&str], termination_log: &str, config: &Config) -> String {
     let istio = &config.settings.istio;
     let stop = match config.modes.proxy_shutdown {
         ProxyShutdown::Quitquitquit => {
@@ -236,7 +233,7 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-fn join_quoted(argv: &[String]) -> String {
+fn join_quoted(argv: &[&str]) -> String {
     argv.iter()
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
@@ -279,22 +276,26 @@ mod tests {
             .resolve(&Capabilities::modern())
     }
 
-    fn container(name: &str, command: Option<&[&str]>, args: &[&str]) -> Container {
+    fn container<'a>(
+        name: &'a str,
+        command: Option<&[&'a str]>,
+        args: &[&'a str],
+    ) -> Container<'a> {
         Container {
             name: name.into(),
-            command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
-            args: (!args.is_empty()).then(|| args.iter().map(|s| s.to_string()).collect()),
+            command: command.map(|c| c.iter().map(|&s| s.into()).collect()),
+            args: (!args.is_empty()).then(|| args.iter().map(|&s| s.into()).collect()),
             ..Default::default()
         }
     }
 
-    fn trial_pod(training: Container, collector: Container) -> Pod {
+    fn trial_pod<'a>(training: Container<'a>, collector: Container<'a>) -> Pod<'a> {
         Pod {
             metadata: ObjectMeta {
                 name: Some("trial-1-abcde".into()),
                 labels: Some(
                     [("kubeflow-extension", "true"), ("job-name", "trial-1")]
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .map(|(k, v)| (k.into(), v.into()))
                         .into(),
                 ),
                 owner_references: Some(vec![OwnerReference {
@@ -315,7 +316,7 @@ mod tests {
         }
     }
 
-    fn katib_pod() -> Pod {
+    fn katib_pod() -> Pod<'static> {
         trial_pod(
             container(
                 "training-container",
@@ -339,11 +340,11 @@ mod tests {
         )
     }
 
-    fn wrapped(pod: &Pod, config: &Config) -> Decision<Pod> {
+    fn wrapped<'a>(pod: &Pod<'a>, config: &Config) -> Decision<Pod<'a>> {
         mutate_pod(pod, "alice", config)
     }
 
-    fn script(pod: &Pod, index: usize) -> &str {
+    fn script<'p>(pod: &'p Pod, index: usize) -> &'p str {
         let c = &pod.spec.as_ref().unwrap().containers[index];
         assert_eq!(c.args, None);
         let command = c.command.as_ref().unwrap();
@@ -608,17 +609,19 @@ mod tests {
         assert!(requests.recv().unwrap().starts_with("GET /healthz/ready"));
     }
 
-    fn collector_pod(log: &std::path::Path, code: i32) -> Pod {
+    fn collector_pod(log: &std::path::Path, code: i32) -> Pod<'static> {
         let body = format!(
             "printf 'collector says %s' \"$1\" > {}; exit {code}",
             shell_quote(&log.display().to_string())
         );
-        let mut collector = container(
-            "metrics-collector",
-            Some(&["/bin/sh", "-c", &body, "sh"]),
-            &["it's done"],
-        );
-        collector.termination_message_path = Some(log.display().to_string());
+        let mut collector = container("metrics-collector", None, &["it's done"]);
+        collector.command = Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            body.into(),
+            "sh".into(),
+        ]);
+        collector.termination_message_path = Some(log.display().to_string().into());
         trial_pod(
             container("training-container", Some(&["true"]), &[]),
             collector,

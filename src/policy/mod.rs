@@ -67,7 +67,7 @@ const HOLD_KEY: &str = "holdApplicationUntilProxyStarts";
 
 /// Does the object's `proxy.istio.io/config` annotation hold the application until the proxy
 /// has started?
-fn holds_until_proxy_starts(meta: &crate::model::ObjectMeta) -> bool {
+fn holds_until_proxy_starts(meta: &crate::model::ObjectMeta<'_>) -> bool {
     meta.annotation(PROXY_CONFIG_ANNOTATION)
         .and_then(|text| serde_yaml::from_str::<serde_yaml::Mapping>(text).ok())
         .and_then(|config| config.get(HOLD_KEY).and_then(serde_yaml::Value::as_bool))
@@ -104,7 +104,7 @@ fn outside_user_namespaces(
 }
 
 /// Is one of the object's owners a Katib Trial?
-fn owned_by_trial(meta: &crate::model::ObjectMeta) -> bool {
+fn owned_by_trial(meta: &crate::model::ObjectMeta<'_>) -> bool {
     meta.owner_references.iter().flatten().any(|owner| {
         owner.kind == "Trial"
             && owner.api_version.split_once('/').map(|(group, _)| group) == Some(TRIAL_GROUP)

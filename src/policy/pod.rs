@@ -14,7 +14,7 @@ use crate::{
 pub const NOTEBOOK_RULE: &str = "notebook-label";
 pub const RESERVED_RULE: &str = "reserved-label";
 
-pub fn mutate_pod(pod: &Pod, namespace: &str, config: &Config) -> Decision<Pod> {
+pub fn mutate_pod<'a>(pod: &Pod<'a>, namespace: &str, config: &Config) -> Decision<Pod<'a>> {
     if config.namespace_excluded(namespace) {
         return Decision::unchanged(pod, "namespace excluded");
     }
@@ -63,7 +63,7 @@ pub fn mutate_pod(pod: &Pod, namespace: &str, config: &Config) -> Decision<Pod> 
     decision
 }
 
-fn owned_by_job(meta: &ObjectMeta) -> bool {
+fn owned_by_job(meta: &ObjectMeta<'_>) -> bool {
     meta.owner_references
         .iter()
         .flatten()
@@ -84,16 +84,11 @@ mod tests {
             .resolve(&Capabilities::modern())
     }
 
-    fn pod(labels: &[(&str, &str)]) -> Pod {
+    fn pod(labels: &[(&'static str, &'static str)]) -> Pod<'static> {
         Pod {
             metadata: ObjectMeta {
                 name: Some("p".into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
+                labels: Some(labels.iter().map(|&(k, v)| (k.into(), v.into())).collect()),
                 ..Default::default()
             },
             spec: Some(PodSpec {

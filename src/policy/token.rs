@@ -18,9 +18,9 @@ pub const TOKEN_PATH_ENV: &str = "KF_PIPELINES_SA_TOKEN_PATH";
 /// The volume, mount and env that give a pod the KFP token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenInjection {
-    pub volume: Named,
-    pub mount: VolumeMount,
-    pub env: Named,
+    pub volume: Named<'static>,
+    pub mount: VolumeMount<'static>,
+    pub env: Named<'static>,
 }
 
 fn body(value: Value) -> Map<String, Value> {
@@ -43,7 +43,7 @@ pub fn token_injection(config: &Config) -> TokenInjection {
         ),
         mount: VolumeMount {
             name: TOKEN_VOLUME.into(),
-            mount_path: kfp.token_mount_path.clone(),
+            mount_path: kfp.token_mount_path.clone().into(),
             read_only: Some(true),
         },
         env: Named::new(TOKEN_PATH_ENV, body(json!({"value": config.token_file()}))),
@@ -53,7 +53,7 @@ pub fn token_injection(config: &Config) -> TokenInjection {
 /// Adds the token to every application container (not the Istio proxy); true when that changed
 /// the pod. Containers that already mount something at the token path, or set the env var,
 /// are left as they are, so a PodDefault that got there first is not duplicated.
-pub(super) fn inject_token(spec: &mut PodSpec, config: &Config) -> bool {
+pub(super) fn inject_token(spec: &mut PodSpec<'_>, config: &Config) -> bool {
     let injection = token_injection(config);
     let mut changed = false;
     let mut mounted = false;

@@ -6,7 +6,11 @@ use crate::{config::Config, model::Trial};
 
 pub const RULE: &str = "trial-label";
 
-pub fn mutate_trial(trial: &Trial, namespace: &str, config: &Config) -> Decision<Trial> {
+pub fn mutate_trial<'a>(
+    trial: &Trial<'a>,
+    namespace: &str,
+    config: &Config,
+) -> Decision<Trial<'a>> {
     let settings = &config.settings;
     if let Some(reason) = outside_user_namespaces(namespace, config) {
         return Decision::unchanged(trial, reason);
@@ -29,7 +33,7 @@ mod tests {
     use super::*;
     use crate::model::ObjectMeta;
 
-    fn trial() -> Trial {
+    fn trial() -> Trial<'static> {
         Trial {
             metadata: ObjectMeta {
                 name: Some("t1".into()),
