@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     config::Config,
-    model::{Job, ObjectMeta, Pod, Trial},
+    model::{Job, ObjectMeta, Pod, Str, Trial},
     patch::{self, Prune},
     policy::{self, Decision, TRIAL_GROUP},
 };
@@ -227,11 +227,24 @@ struct Review<'a> {
 /// view, duplicate members...) makes [`review`] parse the body again the general way, which
 /// answers it exactly as before.
 struct Request<'a> {
-    uid: Cow<'a, str>,
+    uid: Str<'a>,
     kind: Kind<'a>,
-    namespace: Option<Cow<'a, str>>,
-    operation: Option<Cow<'a, str>>,
+    namespace: Option<Str<'a>>,
+    operation: Option<Str<'a>>,
     object: Option<Object<'a>>,
+}
+
+/// The request's members [`RequestVisitor`] reads, matched without building the key.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Field {
+    Uid,
+    Kind,
+    Namespace,
+    Operation,
+    Object,
+    #[serde(other)]
+    Other,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Request<'a> {
@@ -268,27 +281,27 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
         }
         let (mut uid, mut kind, mut namespace, mut operation, mut object) =
             (None, None, None, None, None);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match key.as_ref() {
-                "uid" => once(&mut uid, map.next_value()?, "uid")?,
-                "kind" => once(&mut kind, map.next_value::<Kind<'de>>()?, "kind")?,
-                "namespace" => once(
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Uid => once(&mut uid, map.next_value::<Str<'de>>()?, "uid")?,
+                Field::Kind => once(&mut kind, map.next_value::<Kind<'de>>()?, "kind")?,
+                Field::Namespace => once(
                     &mut namespace,
-                    map.next_value::<Option<Cow<'de, str>>>()?,
+                    map.next_value::<Option<Str<'de>>>()?,
                     "namespace",
                 )?,
-                "operation" => once(
+                Field::Operation => once(
                     &mut operation,
-                    map.next_value::<Option<Cow<'de, str>>>()?,
+                    map.next_value::<Option<Str<'de>>>()?,
                     "operation",
                 )?,
-                "object" => {
+                Field::Object => {
                     let target = kind
                         .as_ref()
                         .map(|k: &Kind| Target::of(&k.group, &k.version, &k.kind));
                     let create = operation
                         .as_ref()
-                        .map(|o: &Option<Cow<str>>| o.as_deref() == Some("CREATE"));
+                        .map(|o: &Option<Str>| o.as_deref() == Some("CREATE"));
                     let value = match (target, create) {
                         (None, _) => map.next_value::<Option<&'de RawValue>>()?.map(Object::Raw),
                         (Some(None), _) | (Some(Some(_)), Some(false)) => {
@@ -307,7 +320,7 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
                     };
                     once(&mut object, value, "object")?;
                 }
-                _ => {
+                Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -326,12 +339,13 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TextRequest<'a> {
-    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    uid: Str<'a>,
     kind: Kind<'a>,
     #[serde(default, borrow)]
-    namespace: Option<Cow<'a, str>>,
+    namespace: Option<Str<'a>>,
     #[serde(default, borrow)]
-    operation: Option<Cow<'a, str>>,
+    operation: Option<Str<'a>>,
     #[serde(default, borrow)]
     object: Option<&'a RawValue>,
 }
