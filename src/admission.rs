@@ -206,7 +206,7 @@ impl Parsed<'_> {
 /// The request's object, as far as the single pass over the review got with it.
 enum Object<'a> {
     /// Parsed straight into its view: the kind came first (as the API server sends it).
-    Parsed(Parsed<'a>),
+    Parsed(Box<Parsed<'a>>),
     /// Came before the kind: kept as text and parsed once the kind is known.
     Raw(&'a RawValue),
     /// Not read: a kind we do not handle, or not a CREATE.
@@ -310,13 +310,13 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
                         }
                         (Some(Some(Target::Pod)), _) => map
                             .next_value::<Option<Pod>>()?
-                            .map(|o| Object::Parsed(Parsed::Pod(o))),
+                            .map(|o| Object::Parsed(Box::new(Parsed::Pod(o)))),
                         (Some(Some(Target::Job)), _) => map
                             .next_value::<Option<Job>>()?
-                            .map(|o| Object::Parsed(Parsed::Job(o))),
+                            .map(|o| Object::Parsed(Box::new(Parsed::Job(o)))),
                         (Some(Some(Target::Trial)), _) => map
                             .next_value::<Option<Trial>>()?
-                            .map(|o| Object::Parsed(Parsed::Trial(o))),
+                            .map(|o| Object::Parsed(Box::new(Parsed::Trial(o)))),
                     };
                     once(&mut object, value, "object")?;
                 }
@@ -475,7 +475,7 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
         return None;
     };
     let mutation = match object {
-        Object::Parsed(parsed) if parsed.target() == target => parsed.mutate(namespace, config),
+        Object::Parsed(parsed) if parsed.target() == target => (*parsed).mutate(namespace, config),
         Object::Raw(raw) => mutate(target, raw.get(), namespace, config),
         // Not reached: the object is skipped only when it is not read, parsed as its kind.
         Object::Parsed(_) | Object::Skipped => {

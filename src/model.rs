@@ -45,12 +45,6 @@ impl From<String> for Str<'_> {
     }
 }
 
-impl fmt::Display for Str<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        fmt::Display::fmt(&**self, f)
-    }
-}
-
 impl fmt::Debug for Str<'_> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         fmt::Debug::fmt(&**self, f)

@@ -570,16 +570,27 @@ fn ns(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
 
-/// Max throughput: every connection sends its next review as soon as it has an answer.
-async fn closed_loop(
+/// The server under load and the connections to it.
+#[derive(Clone)]
+struct Load {
     client: Arc<Client>,
     pid: u32,
+    connections: usize,
+}
+
+/// Max throughput: every connection sends its next review as soon as it has an answer.
+async fn closed_loop(
+    load: &Load,
     name: &str,
     workloads: Vec<Arc<Workload>>,
-    connections: usize,
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Phase> {
+    let Load {
+        client,
+        pid,
+        connections,
+    } = load.clone();
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(client.connect().await?);
@@ -659,15 +670,18 @@ async fn closed_loop(
 /// Fixed rate: a pacing thread releases one review every 1/rate s onto a queue that the
 /// connections take from when free; latency counts from the scheduled time.
 async fn open_loop(
-    client: Arc<Client>,
-    pid: u32,
+    load: &Load,
     name: &str,
     workload: Arc<Workload>,
-    connections: usize,
     rate: f64,
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Phase> {
+    let Load {
+        client,
+        pid,
+        connections,
+    } = load.clone();
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(client.connect().await?);
@@ -945,8 +959,11 @@ async fn run_server(
     let warmup = Duration::from_secs_f64(args.warmup);
     let full = Duration::from_secs_f64(args.duration);
     let half = Duration::from_secs_f64(args.duration / 2.0);
-    let c = args.connections;
-    let pid = server.pid;
+    let load = Load {
+        client: client.clone(),
+        pid: server.pid,
+        connections: args.connections,
+    };
     let mut phases = Vec::new();
     let mut report = |p: Phase| {
         eprintln!(
@@ -975,41 +992,17 @@ async fn run_server(
         phases.push(p);
     };
     let notebook = vec![workloads.notebook.clone()];
-    report(
-        closed_loop(
-            client.clone(),
-            pid,
-            "closed notebook-pod",
-            notebook.clone(),
-            c,
-            warmup,
-            full,
-        )
-        .await?,
-    );
+    report(closed_loop(&load, "closed notebook-pod", notebook.clone(), warmup, full).await?);
     if flavour == (Flavour::Tenancy { rust_log: "info" }) {
         for w in workloads.all.iter().skip(1) {
             let name = format!("closed {}", w.name);
-            report(
-                closed_loop(
-                    client.clone(),
-                    pid,
-                    &name,
-                    vec![w.clone()],
-                    c,
-                    warmup / 2,
-                    half,
-                )
-                .await?,
-            );
+            report(closed_loop(&load, &name, vec![w.clone()], warmup / 2, half).await?);
         }
         report(
             closed_loop(
-                client.clone(),
-                pid,
+                &load,
                 "closed mixed",
                 workloads.all.clone(),
-                c,
                 warmup / 2,
                 half,
             )
@@ -1019,11 +1012,9 @@ async fn run_server(
     let name = format!("open notebook-pod @{:.0}/s", args.rate);
     report(
         open_loop(
-            client.clone(),
-            pid,
+            &load,
             &name,
             workloads.notebook.clone(),
-            c,
             args.rate,
             warmup,
             full,
@@ -1031,7 +1022,7 @@ async fn run_server(
         .await?,
     );
 
-    let memory: Memory = bench::process_memory(pid).unwrap_or_default();
+    let memory: Memory = bench::process_memory(load.pid).unwrap_or_default();
     drop(server);
     let log = setup.dir.join(format!(
         "{}-{}.log",
