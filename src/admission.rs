@@ -22,6 +22,8 @@ use crate::{
 pub enum AdmissionError {
     #[error("body is not an AdmissionReview: {0}")]
     NotAReview(#[source] serde_json::Error),
+    #[error("body is not UTF-8 text: {0}")]
+    NotUtf8(#[source] std::str::Utf8Error),
     #[error("AdmissionReview has no request")]
     NoRequest,
     #[error("cannot parse {kind}: {source}")]
@@ -409,9 +411,12 @@ const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
     // One pass with the object parsed into its view; on any error, the general way (object as
     // text, parsed on its own), whose errors are the answers.
-    let review: Review = match serde_json::from_slice(body) {
+    // JSON is UTF-8 (RFC 8259): checked once for the whole body, so that the parser need not
+    // check every string it reads.
+    let body = std::str::from_utf8(body).map_err(AdmissionError::NotUtf8)?;
+    let review: Review = match serde_json::from_str(body) {
         Ok(review) => review,
-        Err(_) => serde_json::from_slice::<TextReview>(body)
+        Err(_) => serde_json::from_str::<TextReview>(body)
             .map_err(AdmissionError::NotAReview)?
             .into(),
     };
@@ -671,6 +676,10 @@ mod tests {
         assert!(matches!(
             review(b"{\"foo\": 1}", &config),
             Err(AdmissionError::NoRequest)
+        ));
+        assert!(matches!(
+            review(b"{\"request\": \"\xff\"}", &config),
+            Err(AdmissionError::NotUtf8(_))
         ));
         assert!(matches!(
             review(b"[1,2]", &config),
