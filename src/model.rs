@@ -1,10 +1,11 @@
 //! Partial typed views of the objects the admission rules read and write.
 //!
 //! A view holds only the fields a rule looks at; serde skips the rest of the request without
-//! building it (managedFields, env values, volume sources...). Because every list keeps its
-//! elements in order and every element keeps its key fields, `json_patch::diff(view, changed
-//! view)` yields paths that are valid on the full object: the patch touches exactly what a rule
-//! changed and nothing the view does not hold.
+//! building it (managedFields, env values, volume sources...), and its strings borrow from the
+//! request body. Because every list keeps all its elements in order (an element only read
+//! serializes as a placeholder), `json_patch::diff(view, changed view)` yields paths that are
+//! valid on the full object: the patch touches exactly what a rule changed and nothing the view
+//! does not hold ([`crate::patch`]).
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, ops::Deref};
 
