@@ -171,8 +171,9 @@ pub const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
 /// glibc malloc settings of the server process (`GLIBC_TUNABLES`, set by the Deployment and the
 /// image). A review frees more small blocks of one size than glibc's per-thread cache keeps (7);
 /// the rest go to the fast bins, which glibc consolidates before the next large allocation (the
-/// next request body). A larger cache keeps them ready: −9 % instructions per notebook-pod
-/// review for +3.6 MB of RSS under load (128: −13 % for +7.7 MB; bench/README.md).
+/// next request body). A larger cache keeps them ready: −8 % instructions per notebook-pod
+/// review for +3.6 MB of RSS under load (128 and 256 save more but take RSS under load to 27.7
+/// and 30.8 MB; bench/README.md).
 pub const MALLOC_TUNABLES: &str = "glibc.malloc.tcache_count=64";
 const RUN_AS: i64 = 65532;
 const CONFIG_DIR: &str = "/etc/tenancy-fixer/config";
