@@ -296,6 +296,22 @@ pub(super) async fn reconcile(profile: Arc<Profile>, ctx: Arc<Context>) -> Resul
     if patch_sent {
         ctx.stats.finalizer_patch();
     }
+    let result = settle_refused_patch(result, &name);
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
+    }
+    result
+}
+
+/// The reconcile's outcome. A finalizer patch the API server refused for a reason that is no
+/// failure of ours becomes the action to take instead.
+fn settle_refused_patch(
+    result: std::result::Result<Action, finalizer::Error<Error>>,
+    name: &str,
+) -> Result<Action> {
     let result = match result {
         // A reconcile queued by cleanup's own deletes can run on the cached Profile after the
         // first one released the finalizer and the Profile vanished: nothing left to do.
@@ -318,12 +334,6 @@ pub(super) async fn reconcile(profile: Arc<Profile>, ctx: Arc<Context>) -> Resul
         }
         other => other,
     };
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&name);
-    }
     result.map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
@@ -361,6 +371,31 @@ mod tests {
             .to_vec();
         assert_eq!(secs, [5, 10, 20, 40, 160, 300, 300, 300]);
         assert_eq!(retry_delay(0).as_secs(), 5);
+    }
+
+    #[test]
+    fn refused_finalizer_patches_that_are_no_failure() {
+        let status = |code: u16, reason: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure("refused", reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let adding = |code, reason| finalizer::Error::AddFinalizer(status(code, reason));
+        let gone = settle_refused_patch(Err(adding(404, "NotFound")), "alice").unwrap();
+        assert_eq!(gone, Action::await_change());
+        let stale = settle_refused_patch(Err(adding(422, "Invalid")), "alice").unwrap();
+        assert_eq!(stale, Action::requeue(CACHE_WAIT));
+        let releasing = Err(finalizer::Error::RemoveFinalizer(status(422, "Invalid")));
+        assert_eq!(
+            settle_refused_patch(releasing, "alice").unwrap(),
+            Action::requeue(CACHE_WAIT)
+        );
+        assert!(settle_refused_patch(Err(adding(500, "InternalError")), "alice").is_err());
+        assert!(settle_refused_patch(Err(adding(403, "Forbidden")), "alice").is_err());
+        let done = settle_refused_patch(Ok(Action::requeue(RESYNC)), "alice").unwrap();
+        assert_eq!(done, Action::requeue(RESYNC));
     }
 
     #[test]
