@@ -578,6 +578,16 @@ struct Load {
     connections: usize,
 }
 
+impl Load {
+    async fn open_connections(&self) -> anyhow::Result<Vec<Conn>> {
+        let mut conns = Vec::with_capacity(self.connections);
+        for _ in 0..self.connections {
+            conns.push(self.client.connect().await?);
+        }
+        Ok(conns)
+    }
+}
+
 /// Max throughput: every connection sends its next review as soon as it has an answer.
 async fn closed_loop(
     load: &Load,
@@ -586,15 +596,12 @@ async fn closed_loop(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Phase> {
+    let conns = load.open_connections().await?;
     let Load {
         client,
         pid,
         connections,
     } = load.clone();
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(client.connect().await?);
-    }
     let now = Instant::now();
     let window = Arc::new(Window {
         start: now + warmup,
@@ -677,15 +684,12 @@ async fn open_loop(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Phase> {
+    let conns = load.open_connections().await?;
     let Load {
         client,
         pid,
         connections,
     } = load.clone();
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(client.connect().await?);
-    }
     let start = Instant::now() + Duration::from_millis(20);
     let window = Arc::new(Window {
         start: start + warmup,
