@@ -88,47 +88,7 @@ pub fn mutate(
     namespace: Option<&str>,
     config: &Config,
 ) -> Result<Mutation> {
-    match target {
-        Target::Pod => run(
-            target,
-            object,
-            namespace,
-            config,
-            |o: &Pod| &o.metadata,
-            policy::mutate_pod,
-        ),
-        Target::Job => run(
-            target,
-            object,
-            namespace,
-            config,
-            |o: &Job| &o.metadata,
-            policy::mutate_job,
-        ),
-        Target::Trial => run(
-            target,
-            object,
-            namespace,
-            config,
-            |o: &Trial| &o.metadata,
-            policy::mutate_trial,
-        ),
-    }
-}
-
-fn run<'a, T: Deserialize<'a> + Serialize + Prune>(
-    target: Target,
-    object: &'a str,
-    namespace: Option<&str>,
-    config: &Config,
-    meta: impl Fn(&T) -> &ObjectMeta<'a>,
-    rule: impl Fn(&T, &str, &Config) -> Decision<T>,
-) -> Result<Mutation> {
-    let parsed: T = serde_json::from_str(object).map_err(|source| AdmissionError::Object {
-        kind: target.name(),
-        source,
-    })?;
-    apply(parsed, namespace, config, meta, rule)
+    Parsed::from_text(target, object)?.mutate(namespace, config)
 }
 
 /// The rules on a parsed view, and the patch (the diff of the views) when one applied.
@@ -169,7 +129,20 @@ enum Parsed<'a> {
     Trial(Trial<'a>),
 }
 
-impl Parsed<'_> {
+impl<'a> Parsed<'a> {
+    /// The object's JSON text parsed into the view of `target`.
+    fn from_text(target: Target, object: &'a str) -> Result<Self> {
+        let parsed = match target {
+            Target::Pod => serde_json::from_str(object).map(Parsed::Pod),
+            Target::Job => serde_json::from_str(object).map(Parsed::Job),
+            Target::Trial => serde_json::from_str(object).map(Parsed::Trial),
+        };
+        parsed.map_err(|source| AdmissionError::Object {
+            kind: target.name(),
+            source,
+        })
+    }
+
     fn target(&self) -> Target {
         match self {
             Parsed::Pod(_) => Target::Pod,
