@@ -571,7 +571,6 @@ fn ns(d: Duration) -> u64 {
 }
 
 /// The server under load and the connections to it.
-#[derive(Clone)]
 struct Load {
     client: Arc<Client>,
     pid: u32,
@@ -597,19 +596,14 @@ async fn closed_loop(
     duration: Duration,
 ) -> anyhow::Result<Phase> {
     let conns = load.open_connections().await?;
-    let Load {
-        client,
-        pid,
-        connections,
-    } = load.clone();
     let now = Instant::now();
     let window = Arc::new(Window {
         start: now + warmup,
         end: now + warmup + duration,
     });
-    let mut tasks = Vec::with_capacity(connections);
+    let mut tasks = Vec::with_capacity(load.connections);
     for (i, mut conn) in conns.into_iter().enumerate() {
-        let (client, window, workloads) = (client.clone(), window.clone(), workloads.clone());
+        let (client, window, workloads) = (load.client.clone(), window.clone(), workloads.clone());
         tasks.push(tokio::spawn(async move {
             let mut result = TaskResult {
                 latency: Some(bench::histogram()),
@@ -646,7 +640,7 @@ async fn closed_loop(
             result
         }));
     }
-    let (server_cpu, rss_max, others) = measure(pid, &window).await;
+    let (server_cpu, rss_max, others) = measure(load.pid, &window).await;
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
@@ -661,7 +655,7 @@ async fn closed_loop(
         name,
         "closed",
         label,
-        connections,
+        load.connections,
         duration,
         latency,
         errors,
@@ -685,11 +679,6 @@ async fn open_loop(
     duration: Duration,
 ) -> anyhow::Result<Phase> {
     let conns = load.open_connections().await?;
-    let Load {
-        client,
-        pid,
-        connections,
-    } = load.clone();
     let start = Instant::now() + Duration::from_millis(20);
     let window = Arc::new(Window {
         start: start + warmup,
@@ -727,10 +716,14 @@ async fn open_loop(
         }
     });
     let hard_end = window.end + Duration::from_secs(10);
-    let mut tasks = Vec::with_capacity(connections);
+    let mut tasks = Vec::with_capacity(load.connections);
     for mut conn in conns {
-        let (client, window, workload, rx) =
-            (client.clone(), window.clone(), workload.clone(), rx.clone());
+        let (client, window, workload, rx) = (
+            load.client.clone(),
+            window.clone(),
+            workload.clone(),
+            rx.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut result = TaskResult {
                 latency: Some(bench::histogram()),
@@ -762,7 +755,7 @@ async fn open_loop(
             result
         }));
     }
-    let (server_cpu, rss_max, others) = measure(pid, &window).await;
+    let (server_cpu, rss_max, others) = measure(load.pid, &window).await;
     let lateness = tokio::task::spawn_blocking(move || pacer.join())
         .await?
         .map_err(|_| anyhow!("pacer panicked"))?;
@@ -777,7 +770,7 @@ async fn open_loop(
         name,
         "open",
         workload.name.to_string(),
-        connections,
+        load.connections,
         duration,
         latency,
         errors,
