@@ -684,11 +684,7 @@ mod tests {
     fn modes() -> Vec<Config> {
         ["kfpAccess: token", "kfpAccess: header"]
             .into_iter()
-            .map(|mode| {
-                crate::config::Settings::from_yaml(mode, "t")
-                    .unwrap()
-                    .resolve(&crate::config::Capabilities::modern())
-            })
+            .map(crate::testing::config)
             .collect()
     }
 

@@ -269,30 +269,7 @@ pub fn to_yaml_stream(objects: &[DynamicObject]) -> Result<String, serde_yaml::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::{Capabilities, Settings},
-        model::{ProfileOwner, ProfileSpec},
-    };
-
-    fn profile(name: &str, owner: &str) -> Profile {
-        let mut p = Profile::new(
-            name,
-            ProfileSpec {
-                owner: Some(ProfileOwner {
-                    kind: "User".into(),
-                    name: owner.into(),
-                }),
-            },
-        );
-        p.metadata.uid = Some("uid-1".into());
-        p
-    }
-
-    fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t")
-            .unwrap()
-            .resolve(&Capabilities::modern())
-    }
+    use crate::testing::{config, profile};
 
     #[test]
     fn header_mode_with_authorization_policy() {
@@ -349,7 +326,7 @@ mod tests {
             let owner = &o.owner_references()[0];
             assert_eq!(
                 (owner.kind.as_str(), owner.uid.as_str()),
-                ("Profile", "uid-1")
+                ("Profile", "uid-alice")
             );
             assert_eq!(owner.api_version, "kubeflow.org/v1");
         }

@@ -17,4 +17,6 @@ pub mod model;
 pub mod patch;
 pub mod policy;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod webhook;

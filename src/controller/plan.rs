@@ -176,33 +176,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{Capabilities, Settings},
         istio::PROFILE_LABEL,
-        model::{ProfileOwner, ProfileSpec},
+        testing::{config, profile},
     };
 
     const ALL: &[ManagedKind] = &ManagedKind::ALL;
     use NamespaceState::{Active, Missing, Terminating};
-
-    fn profile(name: &str, owner: &str) -> Profile {
-        let mut p = Profile::new(
-            name,
-            ProfileSpec {
-                owner: Some(ProfileOwner {
-                    kind: "User".into(),
-                    name: owner.into(),
-                }),
-            },
-        );
-        p.metadata.uid = Some(format!("uid-{name}"));
-        p
-    }
-
-    fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t")
-            .unwrap()
-            .resolve(&Capabilities::modern())
-    }
 
     /// What the API server would hold after applying `object`: same content plus server fields.
     fn stored(kind: ManagedKind, object: &DynamicObject) -> (ManagedKind, Arc<DynamicObject>) {

@@ -109,8 +109,8 @@ fn set_annotation(meta: &mut ObjectMeta<'_>, key: &str, value: &str) -> bool {
 mod tests {
     use super::*;
     use crate::{
-        config::{Capabilities, Settings},
         model::{JobSpec, OwnerReference, PodTemplate, TemplateSpec},
+        testing::config,
     };
 
     fn job(owner_kind: &'static str, owner_api: &'static str) -> Job<'static> {
@@ -203,9 +203,7 @@ mod tests {
     fn no_hold_annotation_in_wait_ready_or_sleep_modes() {
         for mode in ["wait-ready", "sleep"] {
             let yaml = format!("katib:\n  proxyStartup: {mode}\n");
-            let config = Settings::from_yaml(&yaml, "t")
-                .unwrap()
-                .resolve(&Capabilities::modern());
+            let config = config(&yaml);
             let d = mutate_job(&trial_job(), "alice", &config);
             assert_eq!(d.applied, vec![RULE]);
             assert_eq!(

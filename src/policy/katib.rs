@@ -252,9 +252,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{Capabilities, Settings},
         model::{InitContainer, ObjectMeta, OwnerReference},
         policy::mutate_pod,
+        testing::config,
     };
 
     /// Arguments a shell would love to interpret.
@@ -269,12 +269,6 @@ mod tests {
         "",
         "; exit 7",
     ];
-
-    fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t")
-            .unwrap()
-            .resolve(&Capabilities::modern())
-    }
 
     fn container<'a>(
         name: &'a str,

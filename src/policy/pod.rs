@@ -74,15 +74,9 @@ fn owned_by_job(meta: &ObjectMeta<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::{
-        config::{Capabilities, Settings},
         model::{Container, OwnerReference, PodSpec},
+        testing::config,
     };
-
-    fn config(yaml: &str) -> Config {
-        Settings::from_yaml(yaml, "t")
-            .unwrap()
-            .resolve(&Capabilities::modern())
-    }
 
     fn pod(labels: &[(&'static str, &'static str)]) -> Pod<'static> {
         Pod {
