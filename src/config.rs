@@ -4,7 +4,10 @@
 //! `auto`. `Settings::resolve` turns it into a [`Config`] with concrete [`Modes`], once, before
 //! anything is served: the rules never see `auto`.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -172,10 +175,9 @@ pub struct MlPipeline {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Katib {
-    /// Names of Katib's metrics collector sidecar; a pod with one of them is a trial pod.
-    pub metrics_collector_containers: Vec<String>,
-    /// The collector image's entrypoint, run when the container gives no command.
-    pub metrics_collector_entrypoint: String,
+    /// Katib's metrics collector sidecars by container name (a pod with one of them is a trial
+    /// pod), each with its image's entrypoint, run when the container gives no command.
+    pub metrics_collectors: BTreeMap<String, Vec<String>>,
     pub proxy_startup: Choice<ProxyStartup>,
     pub proxy_startup_timeout_seconds: u32,
     pub sleep_seconds: u32,
@@ -231,11 +233,20 @@ impl Default for MlPipeline {
 impl Default for Katib {
     fn default() -> Self {
         Self {
-            metrics_collector_containers: vec![
-                "metrics-logger-and-collector".into(),
-                "metrics-collector".into(),
-            ],
-            metrics_collector_entrypoint: "./file-metricscollector".into(),
+            // Katib names the File/StdOut collector `metrics-logger-and-collector` (image
+            // entrypoint `./file-metricscollector`) and the others `metrics-collector` (the
+            // TF-event collector's entrypoint is `python main.py`): katib's Dockerfiles under
+            // cmd/metricscollector/v1beta1/.
+            metrics_collectors: BTreeMap::from([
+                (
+                    "metrics-logger-and-collector".into(),
+                    vec!["./file-metricscollector".into()],
+                ),
+                (
+                    "metrics-collector".into(),
+                    vec!["python".into(), "main.py".into()],
+                ),
+            ]),
             proxy_startup: Choice::Auto,
             proxy_startup_timeout_seconds: 60,
             sleep_seconds: 10,
@@ -343,38 +354,69 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Every name and value checked with the API server's own rules, so that a setting never
+    /// makes the API server reject the pods, templates or objects we write.
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        let names = [
-            ("kubeflowNamespace", &self.kubeflow_namespace),
-            ("extensionLabel", &self.extension_label),
-            ("notebookLabel", &self.notebook_label),
-            ("serviceAccount", &self.service_account),
-            ("mlPipeline.host", &self.ml_pipeline.host),
+        use validation::*;
+        let kfp = &self.ml_pipeline;
+        let checks: [(&'static str, Result<(), String>); 20] = [
+            ("kubeflowNamespace", dns_label(&self.kubeflow_namespace)),
+            ("extensionLabel", label_key(&self.extension_label)),
+            ("notebookLabel", label_key(&self.notebook_label)),
+            ("serviceAccount", dns_subdomain(&self.service_account)),
             (
-                "katib.metricsCollectorEntrypoint",
-                &self.katib.metrics_collector_entrypoint,
+                "excludedNamespaces",
+                self.excluded_namespaces
+                    .iter()
+                    .try_for_each(|n| dns_label(n)),
             ),
-            ("istio.proxyContainer", &self.istio.proxy_container),
-        ];
-        if let Some((key, _)) = names.iter().find(|(_, v)| v.trim().is_empty()) {
-            return Err((key, "must not be empty".into()));
-        }
-        if self.ml_pipeline.port == 0 {
-            return Err(("mlPipeline.port", "must be between 1 and 65535".into()));
-        }
-        if self.katib.metrics_collector_containers.is_empty() {
-            return Err((
-                "katib.metricsCollectorContainers",
-                "must name at least one container".into(),
-            ));
-        }
-        if self.katib.proxy_startup_timeout_seconds == 0 {
-            return Err((
+            ("mlPipeline.host", dns_subdomain(&kfp.host)),
+            (
+                "mlPipeline.port",
+                (kfp.port != 0)
+                    .then_some(())
+                    .ok_or_else(|| "must be between 1 and 65535".into()),
+            ),
+            ("mlPipeline.serviceRole", dns_subdomain(&kfp.service_role)),
+            ("mlPipeline.appLabel", label_value(&kfp.app_label)),
+            ("mlPipeline.userIdHeader", header_name(&kfp.user_id_header)),
+            ("mlPipeline.tokenAudience", printable(&kfp.token_audience)),
+            (
+                "mlPipeline.tokenExpirationSeconds",
+                token_expiration(kfp.token_expiration_seconds),
+            ),
+            (
+                "mlPipeline.tokenMountPath",
+                mount_path(&kfp.token_mount_path),
+            ),
+            (
+                "mlPipeline.podDefaultName",
+                dns_subdomain(&kfp.pod_default_name),
+            ),
+            (
+                "katib.metricsCollectors",
+                collectors(&self.katib.metrics_collectors),
+            ),
+            (
                 "katib.proxyStartupTimeoutSeconds",
-                "must be at least 1".into(),
-            ));
-        }
-        Ok(())
+                (self.katib.proxy_startup_timeout_seconds != 0)
+                    .then_some(())
+                    .ok_or_else(|| "must be at least 1".into()),
+            ),
+            (
+                "istio.proxyContainer",
+                dns_label(&self.istio.proxy_container),
+            ),
+            ("istio.readinessUrl", script_word(&self.istio.readiness_url)),
+            ("istio.quitUrl", script_word(&self.istio.quit_url)),
+            (
+                "istio.pilotAgentProcess",
+                script_word(&self.istio.pilot_agent_process),
+            ),
+        ];
+        checks
+            .into_iter()
+            .try_for_each(|(key, check)| check.map_err(|reason| (key, reason)))
     }
 
     /// Decides every `auto` from what the cluster serves.
@@ -424,6 +466,142 @@ impl Config {
             .excluded_namespaces
             .iter()
             .any(|n| n == namespace)
+    }
+}
+
+/// The API server's rules for the names and values of the settings (apimachinery's
+/// validation: DNS-1123 labels and subdomains, qualified names, label values), plus what our
+/// scripts and Envoy need.
+mod validation {
+    use std::collections::BTreeMap;
+
+    type Check = Result<(), String>;
+
+    fn fail(reason: impl Into<String>) -> Check {
+        Err(reason.into())
+    }
+
+    /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (a namespace, a container).
+    pub fn dns_label(s: &str) -> Check {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if ok {
+            Ok(())
+        } else {
+            fail(format!(
+                "{s:?} is not a DNS-1123 label (lower-case alphanumerics and '-', at most 63)"
+            ))
+        }
+    }
+
+    /// Dot-separated DNS-1123 labels, at most 253 characters (object names, hosts).
+    pub fn dns_subdomain(s: &str) -> Check {
+        if s.is_empty() || s.len() > 253 || s.split('.').any(|part| dns_label(part).is_err()) {
+            return fail(format!("{s:?} is not a DNS-1123 subdomain"));
+        }
+        Ok(())
+    }
+
+    /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters.
+    fn name_part(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+    }
+
+    /// A label key: an optional DNS subdomain prefix and `/`, then a name part.
+    pub fn label_key(s: &str) -> Check {
+        let (prefix, name) = match s.rsplit_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, s),
+        };
+        if !name_part(name) || prefix.is_some_and(|p| dns_subdomain(p).is_err()) {
+            return fail(format!("{s:?} is not a valid label key"));
+        }
+        Ok(())
+    }
+
+    /// A non-empty label value.
+    pub fn label_value(s: &str) -> Check {
+        if name_part(s) {
+            Ok(())
+        } else {
+            fail(format!("{s:?} is not a valid label value"))
+        }
+    }
+
+    /// An HTTP header name (RFC 9110 token), lower case as Envoy and Istio match it.
+    pub fn header_name(s: &str) -> Check {
+        let tchar =
+            |b: u8| b.is_ascii_digit() || b.is_ascii_lowercase() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !s.is_empty() && s.bytes().all(tchar) {
+            Ok(())
+        } else {
+            fail(format!("{s:?} is not a lower-case HTTP header name"))
+        }
+    }
+
+    /// Non-empty, printable, no white space at its ends.
+    pub fn printable(s: &str) -> Check {
+        if s.is_empty() || s.trim() != s || s.chars().any(char::is_control) {
+            return fail(format!("{s:?} must be non-empty printable text"));
+        }
+        Ok(())
+    }
+
+    /// The API server accepts projected token lifetimes from 10 minutes to 2^32 seconds.
+    pub fn token_expiration(seconds: i64) -> Check {
+        if (600..=1 << 32).contains(&seconds) {
+            Ok(())
+        } else {
+            fail(format!(
+                "{seconds} is outside 600..=4294967296 (the API server's bounds)"
+            ))
+        }
+    }
+
+    /// An absolute path without ':' (the API server refuses ':' in a mountPath).
+    pub fn mount_path(s: &str) -> Check {
+        printable(s)?;
+        if !s.starts_with('/') || s.contains(':') || s.split('/').any(|part| part == "..") {
+            return fail(format!(
+                "{s:?} must be an absolute path without ':' or '..'"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A configured word that goes into a wrapper script, which the kubelet also reads: no `$`
+    /// (the kubelet would expand `$(NAME)`), nothing unprintable.
+    pub fn script_word(s: &str) -> Check {
+        printable(s)?;
+        if s.contains('$') {
+            return fail(format!("{s:?} must not contain '$'"));
+        }
+        Ok(())
+    }
+
+    pub fn collectors(collectors: &BTreeMap<String, Vec<String>>) -> Check {
+        if collectors.is_empty() {
+            return fail("must name at least one collector container");
+        }
+        for (name, entrypoint) in collectors {
+            dns_label(name)?;
+            if entrypoint
+                .first()
+                .is_none_or(|program| program.trim().is_empty())
+            {
+                return fail(format!("{name}: the entrypoint must name a program"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -486,8 +664,7 @@ kfpAccess: token
 istioRbac: service-role-binding
 mlPipeline: {host: h.example, port: 9999, serviceRole: role}
 katib:
-  metricsCollectorContainers: [mc]
-  metricsCollectorEntrypoint: /bin/mc
+  metricsCollectors: {mc: [/bin/mc, -v]}
   proxyStartup: sleep
   proxyStartupTimeoutSeconds: 5
   sleepSeconds: 3
@@ -497,9 +674,97 @@ katib:
         assert_eq!(s.kubeflow_namespace, "kf");
         assert_eq!(s.ml_pipeline.port, 9999);
         assert_eq!(s.ml_pipeline.service_role, "role");
-        assert_eq!(s.katib.metrics_collector_containers, vec!["mc".to_string()]);
+        assert_eq!(
+            s.katib.metrics_collectors,
+            BTreeMap::from([(
+                "mc".to_string(),
+                vec!["/bin/mc".to_string(), "-v".to_string()]
+            )])
+        );
         assert_eq!(s.katib.sleep_seconds, 3);
         assert_eq!(s.katib.proxy_startup, Choice::Fixed(ProxyStartup::Sleep));
+    }
+
+    #[test]
+    fn settings_the_api_server_would_refuse_are_errors_naming_the_key() {
+        for (yaml, key) in [
+            (
+                "mlPipeline:\n  tokenExpirationSeconds: 60\n",
+                "mlPipeline.tokenExpirationSeconds",
+            ),
+            (
+                "mlPipeline:\n  tokenExpirationSeconds: 4294967297\n",
+                "mlPipeline.tokenExpirationSeconds",
+            ),
+            (
+                "mlPipeline:\n  tokenMountPath: ''\n",
+                "mlPipeline.tokenMountPath",
+            ),
+            (
+                "mlPipeline:\n  tokenMountPath: relative/dir\n",
+                "mlPipeline.tokenMountPath",
+            ),
+            (
+                "mlPipeline:\n  tokenMountPath: /a:b\n",
+                "mlPipeline.tokenMountPath",
+            ),
+            ("extensionLabel: 'Not a label!'\n", "extensionLabel"),
+            ("notebookLabel: -x\n", "notebookLabel"),
+            (
+                "mlPipeline:\n  userIdHeader: ''\n",
+                "mlPipeline.userIdHeader",
+            ),
+            (
+                "mlPipeline:\n  userIdHeader: 'kubeflow userid'\n",
+                "mlPipeline.userIdHeader",
+            ),
+            ("kubeflowNamespace: Kubeflow\n", "kubeflowNamespace"),
+            ("excludedNamespaces: [ok, not_ok]\n", "excludedNamespaces"),
+            ("serviceAccount: ''\n", "serviceAccount"),
+            (
+                "mlPipeline:\n  podDefaultName: A\n",
+                "mlPipeline.podDefaultName",
+            ),
+            ("mlPipeline:\n  appLabel: ''\n", "mlPipeline.appLabel"),
+            (
+                "mlPipeline:\n  tokenAudience: ''\n",
+                "mlPipeline.tokenAudience",
+            ),
+            (
+                "katib:\n  metricsCollectors: {}\n",
+                "katib.metricsCollectors",
+            ),
+            (
+                "katib:\n  metricsCollectors: {mc: []}\n",
+                "katib.metricsCollectors",
+            ),
+            (
+                "katib:\n  metricsCollectors: {Bad_Name: [x]}\n",
+                "katib.metricsCollectors",
+            ),
+            ("istio:\n  proxyContainer: ''\n", "istio.proxyContainer"),
+            (
+                "istio:\n  readinessUrl: 'http://$(HOST)/'\n",
+                "istio.readinessUrl",
+            ),
+            ("istio:\n  quitUrl: ''\n", "istio.quitUrl"),
+            (
+                "istio:\n  pilotAgentProcess: 'a$b'\n",
+                "istio.pilotAgentProcess",
+            ),
+        ] {
+            let err = Settings::from_yaml(yaml, "c").unwrap_err();
+            match &err {
+                ConfigError::Value { key: got, .. } => assert_eq!(*got, key, "{yaml}: {err}"),
+                other => panic!("{yaml}: {other}"),
+            }
+        }
+        for yaml in [
+            "extensionLabel: example.com/ext\n",
+            "mlPipeline:\n  tokenExpirationSeconds: 600\n",
+        ] {
+            assert!(Settings::from_yaml(yaml, "c").is_ok(), "{yaml}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod token;
 mod trial;
 
 pub use job::mutate_job;
-pub use katib::{WRAPPED_ANNOTATION, shell_quote};
+pub use katib::WRAPPED_ANNOTATION;
 pub use pod::mutate_pod;
 pub use token::token_injection;
 pub use trial::mutate_trial;
