@@ -178,11 +178,29 @@ async fn notebook_pod_header_mode_gets_only_the_label() {
 
 const TRAINING_ARG: &str = "python3 /opt/pytorch-mnist/mnist.py --epochs=1 --batch-size=16 --lr=0.01 \
                             --momentum=0.5 1>/var/log/katib/metrics.log 2>&1 && echo completed > /var/log/katib/$$$$.pid";
-const COLLECTOR_ARGV: &str = "'./file-metricscollector' '-w' 'false' '-t' 'random-exp-7mtk9x4q' \
-                              '-m' 'loss;Train-accuracy' '-o-type' 'minimize' '-s-db' 'katib-db-manager.kubeflow:6789' \
-                              '-path' '/var/log/katib/metrics.log' '-format' 'TEXT'";
+/// The collector's words after wrapping: the termination log, the image's entrypoint, `-w false`
+/// and Katib's args without its `-w`.
+const COLLECTOR_WORDS: [&str; 16] = [
+    "/dev/termination-log",
+    "./file-metricscollector",
+    "-w",
+    "false",
+    "-t",
+    "random-exp-7mtk9x4q",
+    "-m",
+    "loss;Train-accuracy",
+    "-o-type",
+    "minimize",
+    "-s-db",
+    "katib-db-manager.kubeflow:6789",
+    "-path",
+    "/var/log/katib/metrics.log",
+    "-format",
+    "TEXT",
+];
 
-/// The trial pod with the token and both wrappers, given the two scripts.
+/// The trial pod with the token and both wrappers, given the two scripts: each container runs
+/// `/bin/sh -c SCRIPT sh` with the original words as its args.
 fn expected_trial_pod(
     review: &Value,
     training_script: &str,
@@ -193,12 +211,17 @@ fn expected_trial_pod(
     expected["metadata"]["annotations"]["tenancy-fixer.kubeflow.org/wrapped"] =
         json!("training-container,metrics-logger-and-collector");
     let containers = expected["spec"]["containers"].as_array_mut().unwrap();
-    for (container, script) in containers
-        .iter_mut()
-        .zip([training_script, collector_script])
+    let training_words = json!(["sh", "-c", TRAINING_ARG]);
+    for (container, script, words) in [
+        (training_script, training_words),
+        (collector_script, json!(COLLECTOR_WORDS)),
+    ]
+    .into_iter()
+    .zip(containers.iter_mut())
+    .map(|((script, words), container)| (container, script, words))
     {
-        container["command"] = json!(["/bin/sh", "-c", script]);
-        container.as_object_mut().unwrap().remove("args");
+        container["command"] = json!(["/bin/sh", "-c", script, "sh"]);
+        container["args"] = words;
         if token {
             push(&mut container["env"], token_env());
             push(&mut container["volumeMounts"], token_mount());
@@ -221,31 +244,24 @@ async fn katib_trial_pod_modern_modes() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(training.starts_with("tf_ready() {"), "{training}");
-    assert!(training.contains("tf_left=60\n"), "{training}");
+    assert!(training.starts_with("tf_http() {"), "{training}");
+    assert!(training.contains(" + 60`\n"), "{training}");
     assert!(
-        training.contains("until tf_ready 'http://127.0.0.1:15021/healthz/ready'; do\n"),
+        training.contains("until tf_http GET 'http://127.0.0.1:15021/healthz/ready' 1; do\n"),
         "{training}"
     );
-    assert!(
-        training.ends_with(&format!("exec 'sh' '-c' '{TRAINING_ARG}'\n")),
-        "{training}"
-    );
+    assert!(training.ends_with("exec \"$@\"\n"), "{training}");
 
     let collector = got["spec"]["containers"][1]["command"][2]
         .as_str()
         .unwrap()
         .to_string();
     assert!(
-        collector.starts_with(&format!("{COLLECTOR_ARGV}\ntf_code=$?\n")),
+        collector.contains("tf_http POST 'http://127.0.0.1:15020/quitquitquit' 5"),
         "{collector}"
     );
     assert!(
-        collector.contains("-X POST 'http://127.0.0.1:15020/quitquitquit'"),
-        "{collector}"
-    );
-    assert!(
-        collector.contains("tf_log='/dev/termination-log'\n"),
+        collector.contains("tf_log=\"$1\"\nshift\n\"$@\"\ntf_code=$?\n"),
         "{collector}"
     );
     assert!(collector.ends_with("exit \"$tf_code\"\n"), "{collector}");
@@ -273,25 +289,23 @@ async fn katib_trial_pod_legacy_modes() {
     .await;
     let review = fixture("katib-trial-pod.json");
     let response = server.review("/mutate/pods", &review).await;
-    let training = format!("sleep 10\nexec 'sh' '-c' '{TRAINING_ARG}'\n");
-    let collector = format!(
-        "{COLLECTOR_ARGV}\n\
-         tf_code=$?\n\
-         tf_log='/dev/termination-log'\n\
-         tf_saved=\"${{TMPDIR:-/tmp}}/tenancy-fixer-termination-log\"\n\
-         cp \"$tf_log\" \"$tf_saved\" 2>/dev/null\n\
-         pkill -INT 'pilot-agent' 2>/dev/null || echo 'tenancy-fixer: could not stop istio-proxy' >&2\n\
-         if [ -f \"$tf_saved\" ]; then cat \"$tf_saved\" > \"$tf_log\" 2>/dev/null; rm -f \"$tf_saved\"; fi\n\
-         exit \"$tf_code\"\n"
+    let got = patched(&review, &response);
+    let collector = got["spec"]["containers"][1]["command"][2]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        collector.contains("pkill -INT 'pilot-agent'"),
+        "{collector}"
     );
     assert_eq!(
-        patched(&review, &response),
-        expected_trial_pod(&review, &training, &collector, false)
+        got,
+        expected_trial_pod(&review, "sleep 10\nexec \"$@\"\n", &collector, false)
     );
 }
 
 #[tokio::test]
-async fn trial_pod_with_native_sidecar_is_left_alone_in_header_mode() {
+async fn trial_pod_with_native_sidecar_only_stops_the_collector_waiting() {
     let server = TestServer::start("kfpAccess: header").await;
     let mut review = fixture("katib-trial-pod.json");
     let pod = &mut review["request"]["object"];
@@ -301,7 +315,9 @@ async fn trial_pod_with_native_sidecar_is_left_alone_in_header_mode() {
     native["restartPolicy"] = json!("Always");
     push(&mut pod["spec"]["initContainers"], native);
     let response = server.review("/mutate/pods", &review).await;
-    assert_no_patch(&response);
+    let mut expected = review["request"]["object"].clone();
+    expected["spec"]["containers"][1]["args"] = json!(COLLECTOR_WORDS[2..]);
+    assert_eq!(patched(&review, &response), expected);
 }
 
 #[tokio::test]
