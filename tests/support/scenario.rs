@@ -480,13 +480,12 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     .await;
     let containers = &katib["spec"]["containers"];
     assert_eq!(containers[1]["command"][0], "/bin/sh", "collector wrapped");
+    assert_eq!(containers[1]["command"][3], "sh");
+    let words = containers[1]["args"].as_array().unwrap();
     assert!(
-        containers[1]["command"][2]
-            .as_str()
-            .unwrap()
-            .contains("'-w' 'false'")
+        words.windows(2).any(|w| w == [json!("-w"), json!("false")]),
+        "{words:?}"
     );
-    assert!(katib["spec"]["containers"][1].get("args").is_none());
     assert_eq!(
         containers[2]["args"],
         json!(["proxy", "sidecar"]),
@@ -502,9 +501,11 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     )
     .await;
     assert_eq!(
-        native["spec"]["containers"][1]["args"][0], "-t",
-        "nothing wrapped when the proxy is a native sidecar"
+        native["spec"]["containers"][1]["args"].as_array().unwrap()[..2],
+        [json!("-w"), json!("false")],
+        "a native sidecar: the collector only stops waiting for it"
     );
+    assert!(native["spec"]["containers"][1].get("command").is_none());
     assert!(native["spec"]["containers"][0]["command"][0] == "python3");
 
     delete_namespace(&client, ns).await;
