@@ -178,6 +178,19 @@ impl Serve {
         self.shutdown().expect("wait for serve")
     }
 
+    /// Kills the server with SIGKILL (no shutdown, no lease release), as a crash or an OOM kill
+    /// would, and waits for it.
+    pub fn kill(mut self) {
+        // The server is the holding shell's only child.
+        let children = format!("/proc/{0}/task/{0}/children", self.child.id());
+        let pids = std::fs::read_to_string(&children).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let status = Command::new("kill").args(["-KILL", pid]).status().unwrap();
+            assert!(status.success(), "kill -KILL {pid}");
+        }
+        let _ = self.shutdown();
+    }
+
     fn shutdown(&mut self) -> std::io::Result<std::process::ExitStatus> {
         drop(self.stdin.take());
         self.child.wait()
