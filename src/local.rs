@@ -72,12 +72,24 @@ const READY_MARKER: &str = "testenv ready";
 impl Testenv {
     /// Starts `binary` with its state under `dir`, serving the CRDs found in `crds`.
     pub fn start(binary: &Path, dir: &Path, crds: &Path, timeout: Duration) -> Result<Self> {
+        Self::start_with(binary, dir, crds, timeout, &[])
+    }
+
+    /// Like [`Testenv::start`], with more of testenv's flags (e.g. `--port`, `--keep-state`).
+    pub fn start_with(
+        binary: &Path,
+        dir: &Path,
+        crds: &Path,
+        timeout: Duration,
+        flags: &[&str],
+    ) -> Result<Self> {
         let mut child = Command::new(binary)
             .arg("--dir")
             .arg(dir)
             .arg("--crds")
             .arg(crds)
             .arg("--exit-on-stdin-eof")
+            .args(flags)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -82,6 +82,7 @@ func main() {
 		exitOnEOF      bool
 		verbosity      int
 		keepLogs       bool
+		keepState      bool
 	)
 	fs := flag.NewFlagSet("testenv", flag.ContinueOnError)
 	fs.StringVar(&dir, "dir", "", "state directory (created; required). Any previous etcd data in it is wiped.")
@@ -92,6 +93,7 @@ func main() {
 	fs.BoolVar(&exitOnEOF, "exit-on-stdin-eof", false, "shut down when stdin is closed (e.g. the parent test process died)")
 	fs.IntVar(&verbosity, "v", 0, "klog verbosity of the components (logs go to DIR/testenv.log)")
 	fs.BoolVar(&keepLogs, "log-to-stderr", false, "do not redirect component logs to DIR/testenv.log")
+	fs.BoolVar(&keepState, "keep-state", false, "restart on DIR's state: keep its etcd data and certificates (pass the same --port)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
@@ -129,7 +131,7 @@ func main() {
 	}
 
 	// ---- certificates -----------------------------------------------------
-	pki, err := generatePKI(dir)
+	pki, err := generatePKI(dir, keepState)
 	if err != nil {
 		fatalf("generate certificates: %v", err)
 	}
@@ -155,7 +157,7 @@ func main() {
 	}
 
 	// ---- etcd -------------------------------------------------------------
-	etcd, err := startEtcd(dir, etcdClientPort, etcdPeerPort)
+	etcd, err := startEtcd(dir, etcdClientPort, etcdPeerPort, keepState)
 	if err != nil {
 		fatalf("start etcd: %v", err)
 	}
@@ -313,10 +315,12 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startEtcd(dir string, clientPort, peerPort int) (*embed.Etcd, error) {
+func startEtcd(dir string, clientPort, peerPort int, keepData bool) (*embed.Etcd, error) {
 	dataDir := filepath.Join(dir, "etcd")
-	if err := os.RemoveAll(dataDir); err != nil {
-		return nil, err
+	if !keepData {
+		if err := os.RemoveAll(dataDir); err != nil {
+			return nil, err
+		}
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "testenv"

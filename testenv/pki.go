@@ -82,15 +82,29 @@ func writePair(kp *keyPair, certPath, keyPath string) error {
 	return os.WriteFile(keyPath, k, 0o600)
 }
 
+// complete tells whether every file exists.
+func (p *pkiFiles) complete() bool {
+	for _, f := range []string{p.caCert, p.caKey, p.servingCert, p.servingKey, p.adminCert, p.adminKey, p.saKey, p.saPub} {
+		if _, err := os.Stat(f); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // generatePKI creates a fresh CA, the apiserver serving certificate
 // (SANs 127.0.0.1, ::1, localhost, kubernetes.default...), an admin client
 // certificate (CN admin, O system:masters) and the service-account key pair.
-func generatePKI(dir string) (*pkiFiles, error) {
+// With reuse, files already in DIR are kept (a restart on the same state keeps its clients).
+func generatePKI(dir string, reuse bool) (*pkiFiles, error) {
 	p := &pkiFiles{
 		caCert: filepath.Join(dir, "ca.crt"), caKey: filepath.Join(dir, "ca.key"),
 		servingCert: filepath.Join(dir, "apiserver.crt"), servingKey: filepath.Join(dir, "apiserver.key"),
 		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
 		saKey: filepath.Join(dir, "sa.key"), saPub: filepath.Join(dir, "sa.pub"),
+	}
+	if reuse && p.complete() {
+		return p, nil
 	}
 	ca, err := issue(&x509.Certificate{
 		Subject:               pkix.Name{CommonName: "testenv-ca"},

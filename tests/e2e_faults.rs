@@ -391,3 +391,36 @@ async fn conflicting_manual_edit_is_repaired_and_foreign_fields_kept() {
     );
     let _: Api<Namespace> = Api::all(client.clone());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_restart_while_profiles_reconcile() {
+    // A control plane of this test's own, restarted on the same state, port and certificates.
+    let dir = tempdir("restart");
+    let port = free_port().to_string();
+    let flags = ["--port", port.as_str(), "--keep-state"];
+    let plane = ControlPlane::start(MODERN_CRDS, &dir, &flags);
+    let client = plane.client().await;
+    let config = config(&client).await;
+    ensure_namespace(&client, &config.settings.kubeflow_namespace).await;
+    let tls = webhook_tls(&tempdir("tls"));
+    let serve = Serve::start(&plane, SETTINGS, &tls, 0);
+
+    let names: Vec<String> = (0..200).map(|i| format!("fault-restart-{i}")).collect();
+    let (before, after) = names.split_at(100);
+    let mut users = Vec::new();
+    for (i, name) in before.iter().enumerate() {
+        profile_with_namespace(&client, name).await;
+        if i % 10 == 0 {
+            users.push(create(&client, Some(name), &user_filter(name)).await);
+        }
+    }
+    // While the controller works through them, the API server (and etcd) go down and return.
+    drop(plane);
+    let plane = ControlPlane::start(MODERN_CRDS, &dir, &flags);
+    let client = plane.client().await;
+    for name in after {
+        profile_with_namespace(&client, name).await;
+    }
+    all_converged(&client, &names, &config, &users).await;
+    drop(serve);
+}

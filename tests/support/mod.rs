@@ -45,14 +45,19 @@ static PLANE: OnceLock<ControlPlane> = OnceLock::new();
 /// Builds testenv if needed (no-op when fresh) and starts it once per test binary, serving
 /// exactly the CRDs named (paths under deploy/crds, without `.yaml`).
 pub fn control_plane(crds: &[&str]) -> &'static ControlPlane {
-    PLANE.get_or_init(|| {
+    PLANE.get_or_init(|| ControlPlane::start(crds, &tempdir("testenv"), &[]))
+}
+
+impl ControlPlane {
+    /// A control plane of the caller's own with its state in `dir` (`flags`: more of testenv's
+    /// flags); it stops when dropped.
+    pub fn start(crds: &[&str], dir: &Path, flags: &[&str]) -> ControlPlane {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let status = Command::new(repo_root().join("testenv/build.sh"))
             .stdout(Stdio::inherit())
             .status()
             .expect("run testenv/build.sh");
         assert!(status.success(), "testenv/build.sh failed");
-        let dir = tempdir("testenv");
         let crd_dir = dir.join("crds");
         std::fs::create_dir_all(&crd_dir).unwrap();
         for crd in crds {
@@ -60,15 +65,16 @@ pub fn control_plane(crds: &[&str]) -> &'static ControlPlane {
             std::fs::copy(&source, crd_dir.join(source.file_name().unwrap()))
                 .unwrap_or_else(|e| panic!("CRD {}: {e}", source.display()));
         }
-        let testenv = Testenv::start(
+        let testenv = Testenv::start_with(
             &repo_root().join("target/testenv/testenv"),
             &dir.join("state"),
             &crd_dir,
             Duration::from_secs(180),
+            flags,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         ControlPlane { testenv }
-    })
+    }
 }
 
 impl ControlPlane {
