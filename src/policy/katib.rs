@@ -80,6 +80,8 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod<'_>>, config: &Config) 
         let container = &mut spec.containers[collector];
         if container.command.as_ref().is_some_and(|c| !c.is_empty()) {
             skipped.push("collector has its own command: its flags are not Katib's".into());
+        } else if !is_katibs_own(container) {
+            skipped.push(UNKNOWN_COLLECTOR.into());
         } else {
             let args = without_wait_all(container.args.as_deref().unwrap_or_default());
             if container.args.as_deref() != Some(&args[..]) {
@@ -116,19 +118,25 @@ pub(super) fn wrap_trial_pod(decision: &mut Decision<Pod<'_>>, config: &Config) 
     }
 
     let container = &mut spec.containers[collector];
-    let log = container
-        .termination_message_path
-        .as_deref()
-        .filter(|path| !path.is_empty())
-        .unwrap_or(DEFAULT_TERMINATION_LOG);
-    let mut words = vec![literal(log)];
-    words.extend(collector_argv(container, entrypoint));
-    run_script(container, run_then_stop_proxy(config), words);
-    wrapped.push(container.name.to_string());
-    applied.push(SHUTDOWN_RULE);
-
-    pod.metadata
-        .set_annotation(WRAPPED_ANNOTATION, &wrapped.join(","));
+    match collector_argv(container, entrypoint) {
+        None => skipped.push(UNKNOWN_COLLECTOR.into()),
+        Some(argv) => {
+            let log = container
+                .termination_message_path
+                .as_deref()
+                .filter(|path| !path.is_empty())
+                .unwrap_or(DEFAULT_TERMINATION_LOG);
+            let mut words = vec![literal(log)];
+            words.extend(argv);
+            run_script(container, run_then_stop_proxy(config), words);
+            wrapped.push(container.name.to_string());
+            applied.push(SHUTDOWN_RULE);
+        }
+    }
+    if !wrapped.is_empty() {
+        pod.metadata
+            .set_annotation(WRAPPED_ANNOTATION, &wrapped.join(","));
+    }
 }
 
 /// Istio >= 1.27 on Kubernetes >= 1.28 injects the proxy as an init container with
@@ -168,17 +176,34 @@ fn original_argv<'a>(container: &Container<'a>) -> Option<Vec<Str<'a>>> {
     )
 }
 
+const UNKNOWN_COLLECTOR: &str =
+    "collector gives no command and is not one of Katib's own: its entrypoint is unknown";
+
 /// The collector's words: its own command when it has one (its flags are not Katib's: left
-/// alone), else the image's entrypoint for this collector followed by its args with `-w false`.
-fn collector_argv<'a>(container: &Container<'a>, entrypoint: &[String]) -> Vec<Str<'a>> {
+/// alone); for one of Katib's own collectors the image's entrypoint for this container name
+/// followed by its args with `-w false`; `None` for any other collector without a command (a
+/// Custom collector is named like the TF-event one, but runs an image we do not know).
+fn collector_argv<'a>(container: &Container<'a>, entrypoint: &[String]) -> Option<Vec<Str<'a>>> {
     if let Some(argv) = original_argv(container) {
-        return argv;
+        return Some(argv);
+    }
+    if !is_katibs_own(container) {
+        return None;
     }
     let mut argv: Vec<Str<'a>> = entrypoint.iter().map(|word| literal(word)).collect();
     argv.extend(without_wait_all(
         container.args.as_deref().unwrap_or_default(),
     ));
-    argv
+    Some(argv)
+}
+
+/// Katib's pod webhook gives its own collectors the DB manager's address (`-s-db`; `-s` in
+/// v1alpha3) and no command; a Custom collector is the user's container as written.
+fn is_katibs_own(container: &Container<'_>) -> bool {
+    container.args.iter().flatten().any(|word| {
+        let flag = word.split_once('=').map_or(&**word, |(flag, _)| flag);
+        flag == "-s-db" || flag == "-s"
+    })
 }
 
 /// The collector's args with `-w false` first and every other spelling of the flag removed, so
@@ -427,11 +452,13 @@ mod tests {
         }
     }
 
-    const COLLECTOR_ARGS: [&str; 8] = [
+    const COLLECTOR_ARGS: [&str; 10] = [
         "-t",
         "trial-1",
         "-m",
         "accuracy",
+        "-s-db",
+        "katib-db-manager.kubeflow:6789",
         "-w",
         "true",
         "-path",
@@ -512,6 +539,8 @@ mod tests {
                 "trial-1",
                 "-m",
                 "accuracy",
+                "-s-db",
+                "katib-db-manager.kubeflow:6789",
                 "-path",
                 "/var/log/katib/metrics.log"
             ]
@@ -528,7 +557,11 @@ mod tests {
         let c = config(WAIT_READY);
         let mut other = trial_pod(
             container("train", Some(&["sh", "-c"]), &NASTY),
-            container("metrics-logger-and-collector", None, &NASTY),
+            container("metrics-logger-and-collector", None, &{
+                let mut args = vec!["-s-db", "db:1"];
+                args.extend(NASTY);
+                args
+            }),
         );
         other.spec.as_mut().unwrap().containers[1].termination_message_path =
             Some("/tmp/$(X)'log".into());
@@ -546,7 +579,14 @@ mod tests {
             container(
                 "metrics-collector",
                 None,
-                &["-t", "trial-1", "-path", "/var/log/katib/tfevent/"],
+                &[
+                    "-t",
+                    "trial-1",
+                    "-s-db",
+                    "db:6789",
+                    "-path",
+                    "/var/log/katib/tfevent/",
+                ],
             ),
         );
         let d = wrapped(&pod, &config(WAIT_READY));
@@ -561,6 +601,8 @@ mod tests {
                 "false",
                 "-t",
                 "trial-1",
+                "-s-db",
+                "db:6789",
                 "-path",
                 "/var/log/katib/tfevent/"
             ]
@@ -572,7 +614,7 @@ mod tests {
         let c = config("kfpAccess: header\nkatib:\n  metricsCollectors:\n    mc: [/bin/mc, --x]\n");
         let pod = trial_pod(
             container("training-container", Some(&["true"]), &[]),
-            container("mc", None, &["-t", "t"]),
+            container("mc", None, &["-s-db", "db:1"]),
         );
         let d = wrapped(&pod, &c);
         assert_eq!(
@@ -583,8 +625,8 @@ mod tests {
                 "--x",
                 "-w",
                 "false",
-                "-t",
-                "t"
+                "-s-db",
+                "db:1"
             ]
         );
         // A container named after a default collector is not one under this configuration.
@@ -666,6 +708,8 @@ mod tests {
                 "trial-1",
                 "-m",
                 "accuracy",
+                "-s-db",
+                "katib-db-manager.kubeflow:6789",
                 "-path",
                 "/var/log/katib/metrics.log"
             ])
@@ -703,7 +747,7 @@ mod tests {
     fn training_without_command_keeps_its_entrypoint() {
         let pod = trial_pod(
             container("training-container", None, &["--epochs", "3"]),
-            container("metrics-collector", None, &[]),
+            container("metrics-collector", None, &["-s-db", "db:6789"]),
         );
         let d = wrapped(&pod, &config(WAIT_READY));
         assert_eq!(d.applied, vec![SHUTDOWN_RULE]);
@@ -921,8 +965,38 @@ mod tests {
     fn training_pod() -> Pod<'static> {
         trial_pod(
             container("training-container", Some(&["echo"]), &["trained"]),
-            container("metrics-collector", None, &[]),
+            container("metrics-collector", None, &["-s-db", "db:6789"]),
         )
+    }
+
+    #[test]
+    fn custom_collector_without_command_is_not_guessed() {
+        // Katib names a Custom collector `metrics-collector` too, as the user wrote it: no
+        // `-s-db`, image unknown.
+        let custom = container("metrics-collector", None, &["--my-flag", "1"]);
+        let pod = trial_pod(
+            container("training-container", Some(&["true"]), &[]),
+            custom,
+        );
+        let d = wrapped(&pod, &config(WAIT_READY));
+        assert_eq!(d.applied, vec![STARTUP_RULE]);
+        assert_eq!(containers(&d.object)[1], containers(&pod)[1]);
+        assert_eq!(
+            d.object.metadata.annotation(WRAPPED_ANNOTATION),
+            Some("training-container")
+        );
+        assert!(
+            d.skipped.iter().any(|s| s == UNKNOWN_COLLECTOR),
+            "{:?}",
+            d.skipped
+        );
+        let native = wrapped(&native_sidecar(pod.clone()), &config(WAIT_READY));
+        assert!(!native.changed());
+        // Katib's own, in either generation of its flags, is recognised.
+        for flag in ["-s-db", "-s", "-s-db=db:1"] {
+            let own = container("metrics-collector", None, &[flag, "db:1"]);
+            assert!(is_katibs_own(&own), "{flag}");
+        }
     }
 
     #[test]
