@@ -296,6 +296,7 @@ mod tests {
                     api_version: "batch/v1".into(),
                     kind: "Job".into(),
                     name: "trial-1".into(),
+                    controller: Some(true),
                 }]),
                 ..Default::default()
             },
@@ -335,7 +336,8 @@ mod tests {
     }
 
     fn wrapped<'a>(pod: &Pod<'a>, config: &Config) -> Decision<Pod<'a>> {
-        mutate_pod(pod, "alice", config)
+        let job_controller = "system:serviceaccount:kube-system:job-controller";
+        mutate_pod(pod, "alice", Some(job_controller), config)
     }
 
     fn script<'p>(pod: &'p Pod, index: usize) -> &'p str {

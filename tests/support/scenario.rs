@@ -354,7 +354,7 @@ async fn stored_as_rules_say(
     config: &Config,
 ) -> Value {
     let stored = create(client, Some(namespace), manifest).await;
-    assert_stored_as(&stored, &expected(manifest, namespace, config));
+    assert_stored_as(&stored, &expected(manifest, namespace, None, config));
     stored
 }
 
