@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 
 use crate::{
     config::Config,
-    model::{Job, ObjectMeta, Pod, Str, Trial},
+    model::{MetaOnly, ObjectMeta, Pod, Str, Workload, WorkloadKind},
     patch::{self, Prune},
-    policy::{self, Decision, TRIAL_GROUP},
+    policy::{self, Decision, TRIAL_GROUP, TRIAL_VERSIONS},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +32,20 @@ pub enum AdmissionError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("UPDATE request has no oldObject")]
+    NoOldObject,
     #[error("cannot serialize the result: {0}")]
     Serialize(#[source] serde_json::Error),
 }
 
 pub type Result<T, E = AdmissionError> = std::result::Result<T, E>;
 
-/// The kinds we mutate.
+/// The kinds we handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Pod,
-    Job,
+    /// A workload with pod templates (batch Job, Training Operator jobs, JobSet, TrainJob).
+    Workload(WorkloadKind),
     Trial,
 }
 
@@ -51,9 +54,10 @@ impl Target {
     pub fn of(group: &str, version: &str, kind: &str) -> Option<Self> {
         match (group, version, kind) {
             ("", "v1", "Pod") => Some(Target::Pod),
-            ("batch", "v1", "Job") => Some(Target::Job),
-            (TRIAL_GROUP, "v1beta1" | "v1alpha3", "Trial") => Some(Target::Trial),
-            _ => None,
+            (TRIAL_GROUP, version, "Trial") if TRIAL_VERSIONS.contains(&version) => {
+                Some(Target::Trial)
+            }
+            _ => WorkloadKind::of(group, version, kind).map(Target::Workload),
         }
     }
 
@@ -66,8 +70,55 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Pod => "Pod",
-            Target::Job => "Job",
+            Target::Workload(kind) => kind.name(),
             Target::Trial => "Trial",
+        }
+    }
+}
+
+/// The operations we handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Create,
+    Update,
+}
+
+impl Operation {
+    fn of(operation: &str) -> Option<Self> {
+        match operation {
+            "CREATE" => Some(Operation::Create),
+            "UPDATE" => Some(Operation::Update),
+            _ => None,
+        }
+    }
+}
+
+/// The typed view the rules for a kind and operation read: on UPDATE of a pod only its labels
+/// matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    Pod,
+    Meta,
+    Workload,
+}
+
+impl View {
+    /// The view of the object for `target` and `operation`; none when no rule handles them.
+    fn of(target: Target, operation: Operation) -> Option<Self> {
+        match (target, operation) {
+            (_, Operation::Create) => Some(Self::created(target)),
+            (Target::Pod, Operation::Update) => Some(View::Meta),
+            (Target::Workload(_), Operation::Update) => Some(View::Workload),
+            (Target::Trial, Operation::Update) => None,
+        }
+    }
+
+    /// The view of an object being created.
+    fn created(target: Target) -> Self {
+        match target {
+            Target::Pod => View::Pod,
+            Target::Workload(_) => View::Workload,
+            Target::Trial => View::Meta,
         }
     }
 }
@@ -81,23 +132,81 @@ pub struct Mutation {
     pub skipped: Vec<Cow<'static, str>>,
 }
 
-/// Runs the rules for `target` over the object's JSON text.
+/// Runs the CREATE rules for `target` over the object's JSON text, as `username` would create
+/// it.
 pub fn mutate(
     target: Target,
     object: &str,
     namespace: Option<&str>,
+    username: Option<&str>,
     config: &Config,
 ) -> Result<Mutation> {
-    Parsed::from_text(target, object)?.mutate(namespace, config)
+    let object = Parsed::from_text(View::created(target), target, object)?;
+    run(
+        target,
+        Operation::Create,
+        object,
+        None,
+        namespace,
+        username,
+        config,
+    )
 }
 
-/// The rules on a parsed view, and the patch (the diff of the views) when one applied.
+/// The rules for `target` and `operation` on the parsed object (and old object on UPDATE).
+fn run(
+    target: Target,
+    operation: Operation,
+    object: Parsed,
+    old: Option<Parsed>,
+    namespace: Option<&str>,
+    username: Option<&str>,
+    config: &Config,
+) -> Result<Mutation> {
+    use Operation::{Create, Update};
+    fn meta<'o, 'a>(object: &'o Workload<'a>) -> &'o ObjectMeta<'a> {
+        &object.metadata
+    }
+    fn meta_only<'o, 'a>(object: &'o MetaOnly<'a>) -> &'o ObjectMeta<'a> {
+        &object.metadata
+    }
+    match (target, operation, object, old) {
+        (Target::Pod, Create, Parsed::Pod(o), _) => apply(
+            o,
+            namespace,
+            |o: &Pod| &o.metadata,
+            |o, ns| policy::mutate_pod(o, ns, username, config),
+        ),
+        (Target::Pod, Update, Parsed::Meta(o), Some(Parsed::Meta(old))) => {
+            apply(o, namespace, meta_only, |o, ns| {
+                policy::guard_pod_update(o, &old, ns, config)
+            })
+        }
+        (Target::Workload(_), Create, Parsed::Workload(o), _) => {
+            apply(*o, namespace, meta, |o, ns| {
+                policy::mutate_workload(o, ns, username, config)
+            })
+        }
+        (Target::Workload(_), Update, Parsed::Workload(o), Some(Parsed::Workload(old))) => {
+            apply(*o, namespace, meta, |o, ns| {
+                policy::guard_workload_update(o, &old, ns, config)
+            })
+        }
+        (Target::Trial, Create, Parsed::Meta(o), _) => apply(o, namespace, meta_only, |o, ns| {
+            policy::mutate_trial(o, ns, config)
+        }),
+        // The views follow from the target and operation ([`View::of`]): what is left is an
+        // UPDATE without its old object.
+        _ => Err(AdmissionError::NoOldObject),
+    }
+}
+
+/// The rule on a parsed view, and the patch (the diff of the views) when it applied.
 fn apply<'a, T: Serialize + Prune>(
     parsed: T,
     namespace: Option<&str>,
-    config: &Config,
     meta: impl Fn(&T) -> &ObjectMeta<'a>,
-    rule: impl Fn(&T, &str, &Config) -> Decision<T>,
+    rule: impl FnOnce(&T, &str) -> Decision<T>,
 ) -> Result<Mutation> {
     // The request names the namespace; a pod from a generateName may not carry it yet.
     let namespace = namespace
@@ -107,7 +216,7 @@ fn apply<'a, T: Serialize + Prune>(
         object: changed,
         applied,
         skipped,
-    } = rule(&parsed, namespace, config);
+    } = rule(&parsed, namespace);
     let name = meta(&parsed).display_name().to_string();
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
@@ -125,67 +234,46 @@ fn apply<'a, T: Serialize + Prune>(
 /// A view parsed in the same pass as the review (see [`Request`]).
 enum Parsed<'a> {
     Pod(Pod<'a>),
-    Job(Job<'a>),
-    Trial(Trial<'a>),
+    Meta(MetaOnly<'a>),
+    /// Boxed: the largest view by far.
+    Workload(Box<Workload<'a>>),
 }
 
 impl<'a> Parsed<'a> {
-    /// The object's JSON text parsed into the view of `target`.
-    fn from_text(target: Target, object: &'a str) -> Result<Self> {
-        let parsed = match target {
-            Target::Pod => serde_json::from_str(object).map(Parsed::Pod),
-            Target::Job => serde_json::from_str(object).map(Parsed::Job),
-            Target::Trial => serde_json::from_str(object).map(Parsed::Trial),
+    /// The object's JSON text parsed into `view` (the object is a `target`).
+    fn from_text(view: View, target: Target, object: &'a str) -> Result<Self> {
+        let parsed = match view {
+            View::Pod => serde_json::from_str(object).map(Parsed::Pod),
+            View::Meta => serde_json::from_str(object).map(Parsed::Meta),
+            View::Workload => serde_json::from_str(object).map(|o| Parsed::Workload(Box::new(o))),
         };
         parsed.map_err(|source| AdmissionError::Object {
             kind: target.name(),
             source,
         })
     }
-
-    fn target(&self) -> Target {
-        match self {
-            Parsed::Pod(_) => Target::Pod,
-            Parsed::Job(_) => Target::Job,
-            Parsed::Trial(_) => Target::Trial,
-        }
-    }
-
-    fn mutate(self, namespace: Option<&str>, config: &Config) -> Result<Mutation> {
-        match self {
-            Parsed::Pod(o) => apply(
-                o,
-                namespace,
-                config,
-                |o: &Pod| &o.metadata,
-                policy::mutate_pod,
-            ),
-            Parsed::Job(o) => apply(
-                o,
-                namespace,
-                config,
-                |o: &Job| &o.metadata,
-                policy::mutate_job,
-            ),
-            Parsed::Trial(o) => apply(
-                o,
-                namespace,
-                config,
-                |o: &Trial| &o.metadata,
-                policy::mutate_trial,
-            ),
-        }
-    }
 }
 
-/// The request's object, as far as the single pass over the review got with it.
+/// The request's object (or old object), as far as the single pass over the review got with it.
 enum Object<'a> {
-    /// Parsed straight into its view: the kind came first (as the API server sends it).
+    /// Parsed straight into its view: the kind and operation came first (as the API server
+    /// sends them).
     Parsed(Box<Parsed<'a>>),
-    /// Came before the kind: kept as text and parsed once the kind is known.
+    /// Came before the kind or operation: kept as text and parsed once they are known.
     Raw(&'a RawValue),
-    /// Not read: a kind we do not handle, or not a CREATE.
+    /// Not read: a kind or operation we do not handle, or an old object on CREATE.
     Skipped,
+}
+
+impl<'a> Object<'a> {
+    /// The object in `view`, parsed now if it was kept as text; `None` when there is none.
+    fn into_view(self, view: View, target: Target) -> Option<Result<Parsed<'a>>> {
+        match self {
+            Object::Parsed(parsed) => Some(Ok(*parsed)),
+            Object::Raw(raw) => Some(Parsed::from_text(view, target, raw.get())),
+            Object::Skipped => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -196,17 +284,20 @@ struct Review<'a> {
     request: Option<Request<'a>>,
 }
 
-/// The request, parsed in one pass with its object: when the `object` member comes, the kind
-/// (and usually the operation) are known already, so the object is deserialized straight into
-/// its typed view, or skipped when it will not be read. Any error (an object that is not the
-/// view, duplicate members...) makes [`review`] parse the body again the general way, which
-/// answers it exactly as before.
+/// The request, parsed in one pass with its objects: when the `object` and `oldObject` members
+/// come, the kind and operation are usually known already, so each object is deserialized
+/// straight into its typed view, or skipped when it will not be read. Any error (an object that
+/// is not the view, duplicate members...) makes [`review`] parse the body again the general
+/// way, which answers it exactly as before.
 struct Request<'a> {
     uid: Str<'a>,
     kind: Kind<'a>,
     namespace: Option<Str<'a>>,
     operation: Option<Str<'a>>,
+    /// `userInfo.username`: who asks, as authentication established it.
+    username: Option<Str<'a>>,
     object: Option<Object<'a>>,
+    old_object: Option<Object<'a>>,
 }
 
 /// The request's members [`RequestVisitor`] reads, matched without building the key.
@@ -217,9 +308,18 @@ enum Field {
     Kind,
     Namespace,
     Operation,
+    UserInfo,
     Object,
+    OldObject,
     #[serde(other)]
     Other,
+}
+
+/// `userInfo`, as far as trust goes: groups and extras are skipped.
+#[derive(Deserialize)]
+struct UserInfo<'a> {
+    #[serde(default, borrow)]
+    username: Option<Str<'a>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Request<'a> {
@@ -254,9 +354,50 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
                 None => Ok(()),
             }
         }
-        let (mut uid, mut kind, mut namespace, mut operation, mut object) =
+        /// Reads an object member into the view its rules need, or skips it.
+        fn object<'de, A: serde::de::MapAccess<'de>>(
+            map: &mut A,
+            view: Option<Option<(View, Target)>>,
+        ) -> std::result::Result<Option<Object<'de>>, A::Error> {
+            let boxed = |parsed| Object::Parsed(Box::new(parsed));
+            Ok(match view {
+                // The kind or operation is not known yet.
+                None => map.next_value::<Option<&'de RawValue>>()?.map(Object::Raw),
+                Some(None) => {
+                    map.next_value::<IgnoredAny>()?;
+                    Some(Object::Skipped)
+                }
+                Some(Some((View::Pod, _))) => map
+                    .next_value::<Option<Pod>>()?
+                    .map(|o| boxed(Parsed::Pod(o))),
+                Some(Some((View::Meta, _))) => map
+                    .next_value::<Option<MetaOnly>>()?
+                    .map(|o| boxed(Parsed::Meta(o))),
+                Some(Some((View::Workload, _))) => map
+                    .next_value::<Option<Workload>>()?
+                    .map(|o| boxed(Parsed::Workload(Box::new(o)))),
+            })
+        }
+        let (mut uid, mut kind, mut namespace, mut operation, mut user_info) =
             (None, None, None, None, None);
+        let (mut object_slot, mut old_slot) = (None, None);
         while let Some(key) = map.next_key::<Field>()? {
+            // The view of the object (`old`: of the old object), once kind and operation are
+            // known: `Some(None)` when it will not be read.
+            let view = |old: bool| -> Option<Option<(View, Target)>> {
+                let kind: &Kind = kind.as_ref()?;
+                let Some(target) = Target::of(&kind.group, &kind.version, &kind.kind) else {
+                    return Some(None);
+                };
+                let operation: &Option<Str> = operation.as_ref()?;
+                let operation = operation.as_deref().and_then(Operation::of);
+                Some(
+                    operation
+                        .filter(|&op| !old || op == Operation::Update)
+                        .and_then(|op| View::of(target, op))
+                        .map(|view| (view, target)),
+                )
+            };
             match key {
                 Field::Uid => once(&mut uid, map.next_value::<Str<'de>>()?, "uid")?,
                 Field::Kind => once(&mut kind, map.next_value::<Kind<'de>>()?, "kind")?,
@@ -270,30 +411,18 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
                     map.next_value::<Option<Str<'de>>>()?,
                     "operation",
                 )?,
+                Field::UserInfo => once(
+                    &mut user_info,
+                    map.next_value::<Option<UserInfo<'de>>>()?,
+                    "userInfo",
+                )?,
                 Field::Object => {
-                    let target = kind
-                        .as_ref()
-                        .map(|k: &Kind| Target::of(&k.group, &k.version, &k.kind));
-                    let create = operation
-                        .as_ref()
-                        .map(|o: &Option<Str>| o.as_deref() == Some("CREATE"));
-                    let value = match (target, create) {
-                        (None, _) => map.next_value::<Option<&'de RawValue>>()?.map(Object::Raw),
-                        (Some(None), _) | (Some(Some(_)), Some(false)) => {
-                            map.next_value::<IgnoredAny>()?;
-                            Some(Object::Skipped)
-                        }
-                        (Some(Some(Target::Pod)), _) => map
-                            .next_value::<Option<Pod>>()?
-                            .map(|o| Object::Parsed(Box::new(Parsed::Pod(o)))),
-                        (Some(Some(Target::Job)), _) => map
-                            .next_value::<Option<Job>>()?
-                            .map(|o| Object::Parsed(Box::new(Parsed::Job(o)))),
-                        (Some(Some(Target::Trial)), _) => map
-                            .next_value::<Option<Trial>>()?
-                            .map(|o| Object::Parsed(Box::new(Parsed::Trial(o)))),
-                    };
-                    once(&mut object, value, "object")?;
+                    let view = view(false);
+                    once(&mut object_slot, object(&mut map, view)?, "object")?
+                }
+                Field::OldObject => {
+                    let view = view(true);
+                    once(&mut old_slot, object(&mut map, view)?, "oldObject")?
                 }
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -305,12 +434,14 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
             kind: kind.ok_or_else(|| A::Error::missing_field("kind"))?,
             namespace: namespace.flatten(),
             operation: operation.flatten(),
-            object: object.flatten(),
+            username: user_info.flatten().and_then(|u| u.username),
+            object: object_slot.flatten(),
+            old_object: old_slot.flatten(),
         })
     }
 }
 
-/// The request as the general path reads it: the object as text, parsed on its own.
+/// The request as the general path reads it: the objects as text, parsed on their own.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TextRequest<'a> {
@@ -322,7 +453,11 @@ struct TextRequest<'a> {
     #[serde(default, borrow)]
     operation: Option<Str<'a>>,
     #[serde(default, borrow)]
+    user_info: Option<UserInfo<'a>>,
+    #[serde(default, borrow)]
     object: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    old_object: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -342,7 +477,9 @@ impl<'a> From<TextReview<'a>> for Review<'a> {
                 kind: q.kind,
                 namespace: q.namespace,
                 operation: q.operation,
+                username: q.user_info.and_then(|u| u.username),
                 object: q.object.map(Object::Raw),
+                old_object: q.old_object.map(Object::Raw),
             }),
         }
     }
@@ -419,7 +556,9 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
         kind,
         namespace,
         operation,
+        username,
         object,
+        old_object,
         ..
     } = request;
     let namespace = namespace.as_deref();
@@ -428,7 +567,11 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
         tracing::info!(kind = %kind.kind, namespace = ns, patched = false, reason = "kind not handled", "admission");
         return None;
     };
-    if operation.as_deref() != Some("CREATE") {
+    let handled = operation
+        .as_deref()
+        .and_then(Operation::of)
+        .and_then(|op| Some((op, View::of(target, op)?)));
+    let Some((operation, view)) = handled else {
         let reason = format!(
             "operation {} not handled",
             operation.as_deref().unwrap_or("(none)")
@@ -441,32 +584,39 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
             "admission"
         );
         return None;
-    }
-    let Some(object) = object.take() else {
+    };
+    let no_object = |reason: &str| {
         tracing::warn!(
             kind = target.name(),
             namespace = ns,
             patched = false,
-            reason = "request has no object",
+            reason,
             "admission"
         );
-        return None;
+        None
     };
-    let mutation = match object {
-        Object::Parsed(parsed) if parsed.target() == target => (*parsed).mutate(namespace, config),
-        Object::Raw(raw) => mutate(target, raw.get(), namespace, config),
-        // Not reached: the object is skipped only when it is not read, parsed as its kind.
-        Object::Parsed(_) | Object::Skipped => {
-            tracing::warn!(
-                kind = target.name(),
-                namespace = ns,
-                patched = false,
-                reason = "request has no object",
-                "admission"
-            );
-            return None;
-        }
+    let Some(parsed) = object.take().and_then(|o| o.into_view(view, target)) else {
+        return no_object("request has no object");
     };
+    let old = match operation {
+        Operation::Create => None,
+        Operation::Update => match old_object.take().and_then(|o| o.into_view(view, target)) {
+            Some(old) => Some(old),
+            None => return no_object("UPDATE request has no oldObject"),
+        },
+    };
+    let mutation = parsed.and_then(|parsed| {
+        let old = old.transpose()?;
+        run(
+            target,
+            operation,
+            parsed,
+            old,
+            namespace,
+            username.as_deref(),
+            config,
+        )
+    });
     match mutation {
         Err(error) => {
             tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = %error, "admission");
@@ -731,12 +881,12 @@ mod tests {
     fn patch_is_the_diff_of_the_whole_views() {
         fn check<'v, T: Deserialize<'v> + Serialize + Prune + Clone>(
             object: &'v Value,
-            rule: impl Fn(&T, &str, &Config) -> Decision<T>,
+            rule: impl Fn(&T, &Config) -> Decision<T>,
         ) -> usize {
             let mut changed = 0;
             for config in modes() {
                 let before = T::deserialize(object).unwrap();
-                let after = rule(&before, "alice", &config).object;
+                let after = rule(&before, &config).object;
                 let whole = json_patch::diff(
                     &serde_json::to_value(&before).unwrap(),
                     &serde_json::to_value(&after).unwrap(),
@@ -748,18 +898,36 @@ mod tests {
         }
         let mut changed = 0;
         for (_, _, full) in fixtures() {
-            let object = &full["request"]["object"];
-            let kind = &full["request"]["kind"];
+            let request = &full["request"];
+            let object = &request["object"];
+            let kind = &request["kind"];
+            let user = request["userInfo"]["username"].as_str();
             let target = Target::of(
                 kind["group"].as_str().unwrap_or(""),
                 kind["version"].as_str().unwrap_or(""),
                 kind["kind"].as_str().unwrap_or(""),
             );
-            changed += match target {
-                Some(Target::Pod) => check(object, policy::mutate_pod),
-                Some(Target::Job) => check(object, policy::mutate_job),
-                Some(Target::Trial) => check(object, policy::mutate_trial),
-                None => 0,
+            changed += match (target, request["operation"].as_str()) {
+                (Some(Target::Pod), Some("CREATE")) => {
+                    check(object, |o, c| policy::mutate_pod(o, "alice", user, c))
+                }
+                (Some(Target::Workload(_)), Some("CREATE")) => {
+                    check(object, |o, c| policy::mutate_workload(o, "alice", user, c))
+                }
+                (Some(Target::Workload(_)), Some("UPDATE")) => {
+                    let old = Workload::deserialize(&request["oldObject"]).unwrap();
+                    check(object, |o, c| {
+                        policy::guard_workload_update(o, &old, "alice", c)
+                    })
+                }
+                (Some(Target::Pod), Some("UPDATE")) => {
+                    let old = MetaOnly::deserialize(&request["oldObject"]).unwrap();
+                    check(object, |o, c| policy::guard_pod_update(o, &old, "alice", c))
+                }
+                (Some(Target::Trial), _) => {
+                    check(object, |o, c| policy::mutate_trial(o, "alice", c))
+                }
+                _ => 0,
             };
         }
         assert!(changed >= 8, "only {changed} fixtures changed by a rule");
@@ -768,7 +936,19 @@ mod tests {
     #[test]
     fn targets_by_api_version() {
         assert_eq!(Target::of_api_version("v1", "Pod"), Some(Target::Pod));
-        assert_eq!(Target::of_api_version("batch/v1", "Job"), Some(Target::Job));
+        assert_eq!(
+            Target::of_api_version("batch/v1", "Job"),
+            Some(Target::Workload(WorkloadKind::Job))
+        );
+        assert_eq!(
+            Target::of_api_version("jobset.x-k8s.io/v1alpha2", "JobSet"),
+            Some(Target::Workload(WorkloadKind::JobSet))
+        );
+        assert_eq!(Target::of_api_version("kubeflow.org/v999", "Trial"), None);
+        assert_eq!(
+            Target::of_api_version("kubeflow.org/v2", "PyTorchJob"),
+            None
+        );
         assert_eq!(
             Target::of_api_version("kubeflow.org/v1alpha3", "Trial"),
             Some(Target::Trial)

@@ -649,7 +649,7 @@ pub fn mutate_document(
         .unwrap_or("default")
         .to_string();
     let object = serde_json::to_string(&document).map_err(|e| input(format!("{shown}: {e}")))?;
-    let mutation = admission::mutate(target, &object, Some(&namespace), config)
+    let mutation = admission::mutate(target, &object, Some(&namespace), None, config)
         .map_err(|e| input(format!("{shown}: {e}")))?;
     if patch_only {
         return serde_json::to_value(&mutation.patch).map_err(|e| input(format!("{shown}: {e}")));

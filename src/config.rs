@@ -144,6 +144,10 @@ pub struct Settings {
     pub service_account: String,
     /// Namespaces whose objects are never changed (the webhook's namespaceSelector excludes them too).
     pub excluded_namespaces: Vec<String>,
+    /// Users (`userInfo.username`, set by the API server from authentication) whose workloads and
+    /// pods may carry the extension label: the controllers that turn Trials into workloads and
+    /// workloads into pods. Nobody else can obtain it, whatever the object says.
+    pub trusted_controllers: Vec<String>,
     pub kfp_access: Choice<KfpAccess>,
     pub istio_rbac: Choice<IstioRbac>,
     pub ml_pipeline: MlPipeline,
@@ -205,6 +209,10 @@ impl Default for Settings {
             notebook_label: "notebook-name".into(),
             service_account: "default-editor".into(),
             excluded_namespaces: vec!["kube-system".into(), "tenancy-fixer".into()],
+            trusted_controllers: DEFAULT_TRUSTED_CONTROLLERS
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
             kfp_access: Choice::Auto,
             istio_rbac: Choice::Auto,
             ml_pipeline: MlPipeline::default(),
@@ -213,6 +221,28 @@ impl Default for Settings {
         }
     }
 }
+
+/// The controllers that create trial workloads and their pods, under the ServiceAccounts and
+/// namespaces their upstream manifests install them with.
+pub const DEFAULT_TRUSTED_CONTROLLERS: [&str; 9] = [
+    // kube-controller-manager's Job controller (--use-service-account-credentials=true), and
+    // the controller-manager itself when it runs with its own credentials only.
+    "system:serviceaccount:kube-system:job-controller",
+    "system:kube-controller-manager",
+    // Katib: manifests/v1beta1/components/controller/rbac.yaml (namespace kubeflow).
+    "system:serviceaccount:kubeflow:katib-controller",
+    // Training Operator v1: manifests/base/cluster-role-binding.yaml, overlays/{standalone,kubeflow}.
+    "system:serviceaccount:kubeflow:training-operator",
+    // Kubeflow Trainer: manifests/base/rbac/service_account.yaml in overlays/manager
+    // (kubeflow-system) and overlays/kubeflow-platform (kubeflow).
+    "system:serviceaccount:kubeflow-system:kubeflow-trainer-controller-manager",
+    "system:serviceaccount:kubeflow:kubeflow-trainer-controller-manager",
+    // JobSet: config/default (namePrefix jobset-, namespace jobset-system), and as Trainer's
+    // manifests/third-party/jobset installs it (kubeflow-system, or kubeflow on the platform).
+    "system:serviceaccount:jobset-system:jobset-controller-manager",
+    "system:serviceaccount:kubeflow-system:jobset-controller-manager",
+    "system:serviceaccount:kubeflow:jobset-controller-manager",
+];
 
 impl Default for MlPipeline {
     fn default() -> Self {
@@ -359,7 +389,7 @@ impl Settings {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         use validation::*;
         let kfp = &self.ml_pipeline;
-        let checks: [(&'static str, Result<(), String>); 20] = [
+        let checks: [(&'static str, Result<(), String>); 21] = [
             ("kubeflowNamespace", dns_label(&self.kubeflow_namespace)),
             ("extensionLabel", label_key(&self.extension_label)),
             ("notebookLabel", label_key(&self.notebook_label)),
@@ -369,6 +399,12 @@ impl Settings {
                 self.excluded_namespaces
                     .iter()
                     .try_for_each(|n| dns_label(n)),
+            ),
+            (
+                "trustedControllers",
+                self.trusted_controllers
+                    .iter()
+                    .try_for_each(|user| printable(user)),
             ),
             ("mlPipeline.host", dns_subdomain(&kfp.host)),
             (
@@ -459,6 +495,16 @@ impl Config {
                 .token_mount_path
                 .trim_end_matches('/')
         )
+    }
+
+    /// Is the requesting user one of the trusted controllers?
+    pub fn trusts(&self, username: Option<&str>) -> bool {
+        username.is_some_and(|user| {
+            self.settings
+                .trusted_controllers
+                .iter()
+                .any(|trusted| trusted == user)
+        })
     }
 
     pub fn namespace_excluded(&self, namespace: &str) -> bool {
@@ -765,6 +811,23 @@ katib:
         ] {
             assert!(Settings::from_yaml(yaml, "c").is_ok(), "{yaml}");
         }
+    }
+
+    #[test]
+    fn trusted_controllers_default_and_configured() {
+        let config = Config::default();
+        assert!(config.trusts(Some("system:serviceaccount:kubeflow:katib-controller")));
+        assert!(config.trusts(Some("system:serviceaccount:kube-system:job-controller")));
+        assert!(!config.trusts(Some("alice@example.com")));
+        assert!(!config.trusts(None));
+        let settings = Settings::from_yaml("trustedControllers: [admin]\n", "t").unwrap();
+        let config = settings.resolve(&Capabilities::modern());
+        assert!(config.trusts(Some("admin")));
+        assert!(!config.trusts(Some("system:serviceaccount:kubeflow:katib-controller")));
+        let err = Settings::from_yaml("trustedControllers: ['']\n", "c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trustedControllers"), "{err}");
     }
 
     #[test]

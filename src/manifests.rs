@@ -1,7 +1,8 @@
 //! How the API server is told to call us: the MutatingWebhookConfiguration; and everything
 //! else an install needs ([`install_manifests`], printed by `tenancy-fixer manifests`).
 //!
-//! One webhook per behaviour, each on its own path, all CREATE-only, `sideEffects: None`,
+//! One webhook per kind of object, each on its own path: pods and workloads on CREATE and UPDATE
+//! (nobody may add the reserved label by UPDATE), Trials on CREATE; `sideEffects: None`,
 //! `reinvocationPolicy: IfNeeded` (so we see the pod again after the Istio injector), a short
 //! timeout and a namespaceSelector that keeps the excluded namespaces out. The configuration's
 //! name sorts after `istio-sidecar-injector`, so the injector usually runs first.
@@ -38,8 +39,8 @@ use kube::Resource;
 use crate::{
     config::{Capabilities, Config, Settings},
     istio::ManagedKind,
-    model::Profile,
-    policy::TRIAL_GROUP,
+    model::{Profile, WorkloadKind},
+    policy::{TRIAL_GROUP, TRIAL_VERSIONS},
 };
 
 pub const WEBHOOK_CONFIGURATION_NAME: &str = "tenancy-fixer";
@@ -71,7 +72,7 @@ pub fn webhook_configuration(
     failure_policy: FailurePolicy,
     config: &Config,
 ) -> MutatingWebhookConfiguration {
-    let webhook = |name: &str, path: &str, group: &str, versions: &[&str], resource: &str| {
+    let webhook = |name: &str, path: &str, rules: Vec<RuleWithOperations>| {
         let client_config = match endpoint {
             Endpoint::Service {
                 namespace,
@@ -114,13 +115,7 @@ pub fn webhook_configuration(
                 match_labels: None,
             }),
             reinvocation_policy: Some("IfNeeded".into()),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![group.into()]),
-                api_versions: Some(versions.iter().map(|v| v.to_string()).collect()),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec![resource.into()]),
-                scope: Some("Namespaced".into()),
-            }]),
+            rules: Some(rules),
             side_effects: "None".into(),
             timeout_seconds: Some(5),
             object_selector: None,
@@ -140,16 +135,47 @@ pub fn webhook_configuration(
             ..ObjectMeta::default()
         },
         webhooks: Some(vec![
-            webhook("pods", "/mutate/pods", "", &["v1"], "pods"),
-            webhook("jobs", "/mutate/jobs", "batch", &["v1"], "jobs"),
+            webhook(
+                "pods",
+                "/mutate/pods",
+                vec![rule_of("", &["v1"], "pods", CREATE_UPDATE)],
+            ),
+            webhook(
+                "jobs",
+                "/mutate/jobs",
+                WorkloadKind::ALL
+                    .into_iter()
+                    .map(|kind| {
+                        let (group, version, _, resource) = kind.gvkr();
+                        rule_of(group, &[version], resource, CREATE_UPDATE)
+                    })
+                    .collect(),
+            ),
             webhook(
                 "trials",
                 "/mutate/trials",
-                TRIAL_GROUP,
-                &["v1beta1", "v1alpha3"],
-                "trials",
+                vec![rule_of(TRIAL_GROUP, &TRIAL_VERSIONS, "trials", &["CREATE"])],
             ),
         ]),
+    }
+}
+
+const CREATE_UPDATE: &[&str] = &["CREATE", "UPDATE"];
+
+/// The webhook rule for namespaced `resource` of `group` in `versions`, on `operations`.
+fn rule_of(
+    group: &str,
+    versions: &[&str],
+    resource: &str,
+    operations: &[&str],
+) -> RuleWithOperations {
+    let strings = |words: &[&str]| Some(words.iter().map(|w| w.to_string()).collect());
+    RuleWithOperations {
+        api_groups: Some(vec![group.into()]),
+        api_versions: strings(versions),
+        operations: strings(operations),
+        resources: Some(vec![resource.into()]),
+        scope: Some("Namespaced".into()),
     }
 }
 
@@ -925,14 +951,47 @@ mod tests {
                 "https://127.0.0.1:8443/mutate/trials"
             ]
         );
+        let operations = |hook: &MutatingWebhook| {
+            hook.rules
+                .iter()
+                .flatten()
+                .map(|rule| rule.operations.clone().unwrap().join(","))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(operations(&hooks[0]), ["CREATE,UPDATE"]);
+        assert_eq!(operations(&hooks[1]), ["CREATE,UPDATE"; 9]);
+        assert_eq!(operations(&hooks[2]), ["CREATE"]);
+        let workloads: Vec<_> = hooks[1]
+            .rules
+            .iter()
+            .flatten()
+            .map(|rule| {
+                format!(
+                    "{}/{} {}",
+                    rule.api_groups.as_ref().unwrap()[0],
+                    rule.api_versions.as_ref().unwrap()[0],
+                    rule.resources.as_ref().unwrap()[0]
+                )
+            })
+            .collect();
+        assert_eq!(
+            workloads,
+            [
+                "batch/v1 jobs",
+                "kubeflow.org/v1 pytorchjobs",
+                "kubeflow.org/v1 tfjobs",
+                "kubeflow.org/v1 mpijobs",
+                "kubeflow.org/v1 xgboostjobs",
+                "kubeflow.org/v1 paddlejobs",
+                "kubeflow.org/v1 jaxjobs",
+                "jobset.x-k8s.io/v1alpha2 jobsets",
+                "trainer.kubeflow.org/v1alpha1 trainjobs"
+            ]
+        );
         for hook in &hooks {
             assert_eq!(hook.side_effects, "None");
             assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
             assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
-            assert_eq!(
-                hook.rules.as_ref().unwrap()[0].operations,
-                Some(vec!["CREATE".to_string()])
-            );
             let excluded = &hook
                 .namespace_selector
                 .as_ref()

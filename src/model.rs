@@ -92,9 +92,27 @@ pub struct OwnerReference<'a> {
     pub kind: Str<'a>,
     #[serde(default, borrow)]
     pub name: Str<'a>,
+    /// Marks the managing controller; only such a reference says who made the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
 }
 
 impl ObjectMeta<'_> {
+    /// The owner marked `controller: true`; none when no reference, or more than one, is
+    /// marked (the API server accepts at most one).
+    pub fn controller_owner(&self) -> Option<&OwnerReference<'_>> {
+        let mut controllers = self
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|owner| owner.controller == Some(true));
+        let first = controllers.next();
+        match controllers.next() {
+            None => first,
+            Some(_) => None,
+        }
+    }
+
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.as_ref()?.get(key).map(|value| &**value)
     }
@@ -228,19 +246,237 @@ pub struct VolumeMount<'a> {
     pub read_only: Option<bool>,
 }
 
-/// A batch/v1 Job, as far as the job rule cares.
+/// The kinds that stamp out pods from pod templates and that Katib runs Trials as (or that run
+/// those in turn): a pod owned by one of them, made by a trusted controller, may keep the
+/// extension label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Job,
+    PyTorchJob,
+    TFJob,
+    MPIJob,
+    XGBoostJob,
+    PaddleJob,
+    JAXJob,
+    JobSet,
+    TrainJob,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 9] = [
+        WorkloadKind::Job,
+        WorkloadKind::PyTorchJob,
+        WorkloadKind::TFJob,
+        WorkloadKind::MPIJob,
+        WorkloadKind::XGBoostJob,
+        WorkloadKind::PaddleJob,
+        WorkloadKind::JAXJob,
+        WorkloadKind::JobSet,
+        WorkloadKind::TrainJob,
+    ];
+
+    /// API group, version, kind and resource (plural).
+    pub fn gvkr(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        const TRAINING: &str = "kubeflow.org";
+        match self {
+            WorkloadKind::Job => ("batch", "v1", "Job", "jobs"),
+            WorkloadKind::PyTorchJob => (TRAINING, "v1", "PyTorchJob", "pytorchjobs"),
+            WorkloadKind::TFJob => (TRAINING, "v1", "TFJob", "tfjobs"),
+            WorkloadKind::MPIJob => (TRAINING, "v1", "MPIJob", "mpijobs"),
+            WorkloadKind::XGBoostJob => (TRAINING, "v1", "XGBoostJob", "xgboostjobs"),
+            WorkloadKind::PaddleJob => (TRAINING, "v1", "PaddleJob", "paddlejobs"),
+            WorkloadKind::JAXJob => (TRAINING, "v1", "JAXJob", "jaxjobs"),
+            WorkloadKind::JobSet => ("jobset.x-k8s.io", "v1alpha2", "JobSet", "jobsets"),
+            WorkloadKind::TrainJob => ("trainer.kubeflow.org", "v1alpha1", "TrainJob", "trainjobs"),
+        }
+    }
+
+    pub fn of(group: &str, version: &str, kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| {
+            let (g, v, k, _) = w.gvkr();
+            (g, v, k) == (group, version, kind)
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        self.gvkr().2
+    }
+
+    /// Is `owner` a reference to a workload of one of these kinds (exact group/version)?
+    pub fn owns(owner: &OwnerReference<'_>) -> bool {
+        let (group, version) = owner
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &owner.api_version));
+        Self::of(group, version, &owner.kind).is_some()
+    }
+}
+
+/// A workload with pod templates, as far as the workload rules care: its metadata and the pod
+/// templates at the paths its kind has. Each kind's schema holds only its own path, so one view
+/// serves every kind; every other field is skipped, and untouched by the patch.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct Job<'a> {
+pub struct Workload<'a> {
     #[serde(default, borrow)]
     pub metadata: ObjectMeta<'a>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<JobSpec<'a>>,
+    pub spec: Option<WorkloadSpec<'a>>,
+}
+
+/// Replica specs of a Training Operator job, by replica type (`Master`, `Worker`...); the API
+/// allows a null entry.
+pub type ReplicaSpecs<'a> = BTreeMap<Str<'a>, Option<ReplicaSpec<'a>>>;
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec<'a> {
+    /// batch/v1 Job: `spec.template`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplate<'a>>,
+    /// Training Operator (kubeflow.org/v1): `spec.<x>ReplicaSpecs.<type>.template`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub pytorch_replica_specs: Option<ReplicaSpecs<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub tf_replica_specs: Option<ReplicaSpecs<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub mpi_replica_specs: Option<ReplicaSpecs<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub xgb_replica_specs: Option<ReplicaSpecs<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub paddle_replica_specs: Option<ReplicaSpecs<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub jax_replica_specs: Option<ReplicaSpecs<'a>>,
+    /// JobSet: `spec.replicatedJobs[].template.spec.template`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub replicated_jobs: Option<Vec<ReplicatedJob<'a>>>,
+    /// TrainJob: the pod template patches of
+    /// `spec.runtimePatches[].trainingRuntimeSpec.template.spec.replicatedJobs[]`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub runtime_patches: Option<Vec<RuntimePatch<'a>>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct JobSpec<'a> {
-    #[serde(default, borrow)]
-    pub template: PodTemplate<'a>,
+pub struct ReplicaSpec<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplate<'a>>,
+}
+
+/// A JobSet's replicated job, or a TrainJob's patch of one: a Job template, named.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct ReplicatedJob<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Str<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub template: Option<JobTemplate<'a>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct JobTemplate<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobTemplateSpec<'a>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct JobTemplateSpec<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplate<'a>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimePatch<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<Str<'a>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub training_runtime_spec: Option<RuntimeSpecPatch<'a>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct RuntimeSpecPatch<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub template: Option<JobSetTemplatePatch<'a>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct JobSetTemplatePatch<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSetSpecPatch<'a>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSetSpecPatch<'a> {
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub replicated_jobs: Option<Vec<ReplicatedJob<'a>>>,
+}
+
+impl<'a> Workload<'a> {
+    /// Every pod template, with a key naming its place (stable across versions of the object).
+    pub fn templates_mut(&mut self) -> Vec<(String, &mut PodTemplate<'a>)> {
+        let mut found = Vec::new();
+        let Some(spec) = &mut self.spec else {
+            return found;
+        };
+        if let Some(template) = &mut spec.template {
+            found.push(("template".to_string(), template));
+        }
+        for specs in [
+            &mut spec.pytorch_replica_specs,
+            &mut spec.tf_replica_specs,
+            &mut spec.mpi_replica_specs,
+            &mut spec.xgb_replica_specs,
+            &mut spec.paddle_replica_specs,
+            &mut spec.jax_replica_specs,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (role, replica) in specs.iter_mut() {
+                if let Some(template) = replica.as_mut().and_then(|r| r.template.as_mut()) {
+                    found.push((format!("replica {}", &**role), template));
+                }
+            }
+        }
+        fn job_templates<'r, 'a>(
+            jobs: &'r mut [ReplicatedJob<'a>],
+            prefix: &str,
+            found: &mut Vec<(String, &'r mut PodTemplate<'a>)>,
+        ) {
+            for (index, job) in jobs.iter_mut().enumerate() {
+                let name = job
+                    .name
+                    .as_deref()
+                    .map_or_else(|| format!("#{index}"), str::to_string);
+                if let Some(template) = job
+                    .template
+                    .as_mut()
+                    .and_then(|t| t.spec.as_mut())
+                    .and_then(|s| s.template.as_mut())
+                {
+                    found.push((format!("{prefix}replicated job {name}"), template));
+                }
+            }
+        }
+        if let Some(jobs) = &mut spec.replicated_jobs {
+            job_templates(jobs, "", &mut found);
+        }
+        for (index, patch) in spec.runtime_patches.iter_mut().flatten().enumerate() {
+            let manager = patch
+                .manager
+                .as_deref()
+                .map_or_else(|| format!("#{index}"), str::to_string);
+            if let Some(jobs) = patch
+                .training_runtime_spec
+                .as_mut()
+                .and_then(|s| s.template.as_mut())
+                .and_then(|t| t.spec.as_mut())
+                .and_then(|s| s.replicated_jobs.as_mut())
+            {
+                job_templates(jobs, &format!("runtime patch {manager} "), &mut found);
+            }
+        }
+        found
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -261,12 +497,15 @@ pub struct TemplateSpec<'a> {
     pub service_account: Option<Str<'a>>,
 }
 
-/// A Katib Trial (kubeflow.org v1beta1 or v1alpha3): only its metadata matters.
+/// An object of which only the metadata matters: a Katib Trial (kubeflow.org v1beta1 or
+/// v1alpha3), or a pod whose labels an UPDATE may change.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct Trial<'a> {
+pub struct MetaOnly<'a> {
     #[serde(default, borrow)]
     pub metadata: ObjectMeta<'a>,
 }
+
+pub type Trial<'a> = MetaOnly<'a>;
 
 /// A Kubeflow Profile (kubeflow.org/v1, cluster-scoped; its name is the namespace's name).
 #[derive(kube::CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

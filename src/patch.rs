@@ -9,7 +9,12 @@
 
 use serde::Serialize;
 
-use crate::model::{Container, Job, Labels, ObjectMeta, Pod, PodSpec, PodTemplate, Trial};
+use std::collections::BTreeMap;
+
+use crate::model::{
+    Container, Labels, MetaOnly, ObjectMeta, Pod, PodSpec, PodTemplate, ReplicatedJob, Str,
+    Workload, WorkloadSpec,
+};
 
 /// The patch that turns `before` into `after`, both views of the same object.
 pub fn diff<T: Prune + Serialize>(
@@ -129,11 +134,101 @@ impl Prune for Container<'_> {
     }
 }
 
-impl Prune for Job<'_> {
+/// A map of parts (replica specs by type): entries equal in both are removed from both, the
+/// others pruned.
+fn keyed<'a, T: PartialEq>(
+    before: &mut BTreeMap<Str<'a>, T>,
+    after: &mut BTreeMap<Str<'a>, T>,
+    parts: impl Fn(&mut T, &mut T),
+) {
+    before.retain(|key, value| match after.get_mut(key) {
+        Some(other) if other == value => {
+            after.remove(key);
+            false
+        }
+        Some(other) => {
+            parts(value, other);
+            true
+        }
+        None => true,
+    });
+}
+
+impl Prune for Workload<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
-        member(&mut before.spec, &mut after.spec, |b, a| {
-            PodTemplate::prune(&mut b.template, &mut a.template)
+        member(&mut before.spec, &mut after.spec, WorkloadSpec::prune);
+    }
+}
+
+impl Prune for WorkloadSpec<'_> {
+    fn prune(before: &mut Self, after: &mut Self) {
+        member(
+            &mut before.template,
+            &mut after.template,
+            PodTemplate::prune,
+        );
+        for (b, a) in [
+            (
+                &mut before.pytorch_replica_specs,
+                &mut after.pytorch_replica_specs,
+            ),
+            (&mut before.tf_replica_specs, &mut after.tf_replica_specs),
+            (&mut before.mpi_replica_specs, &mut after.mpi_replica_specs),
+            (&mut before.xgb_replica_specs, &mut after.xgb_replica_specs),
+            (
+                &mut before.paddle_replica_specs,
+                &mut after.paddle_replica_specs,
+            ),
+            (&mut before.jax_replica_specs, &mut after.jax_replica_specs),
+        ] {
+            member(b, a, |b, a| {
+                keyed(b, a, |b, a| {
+                    member(b, a, |b, a| {
+                        member(&mut b.template, &mut a.template, PodTemplate::prune)
+                    })
+                })
+            });
+        }
+        member(
+            &mut before.replicated_jobs,
+            &mut after.replicated_jobs,
+            |b, a| elements(b, a, ReplicatedJob::prune),
+        );
+        member(
+            &mut before.runtime_patches,
+            &mut after.runtime_patches,
+            |b, a| {
+                elements(b, a, |b, a| {
+                    leaf(&mut b.manager, &mut a.manager);
+                    member(
+                        &mut b.training_runtime_spec,
+                        &mut a.training_runtime_spec,
+                        |b, a| {
+                            member(&mut b.template, &mut a.template, |b, a| {
+                                member(&mut b.spec, &mut a.spec, |b, a| {
+                                    member(
+                                        &mut b.replicated_jobs,
+                                        &mut a.replicated_jobs,
+                                        |b, a| elements(b, a, ReplicatedJob::prune),
+                                    )
+                                })
+                            })
+                        },
+                    )
+                })
+            },
+        );
+    }
+}
+
+impl Prune for ReplicatedJob<'_> {
+    fn prune(before: &mut Self, after: &mut Self) {
+        // The name stays: it is what tells a reader of the diff which job changed.
+        member(&mut before.template, &mut after.template, |b, a| {
+            member(&mut b.spec, &mut a.spec, |b, a| {
+                member(&mut b.template, &mut a.template, PodTemplate::prune)
+            })
         });
     }
 }
@@ -148,7 +243,7 @@ impl Prune for PodTemplate<'_> {
     }
 }
 
-impl Prune for Trial<'_> {
+impl Prune for MetaOnly<'_> {
     fn prune(before: &mut Self, after: &mut Self) {
         ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
     }
@@ -204,6 +299,7 @@ mod tests {
                     api_version: "batch/v1".into(),
                     kind: "Job".into(),
                     name: "j".into(),
+                    controller: Some(true),
                 }]),
                 ..Default::default()
             },
@@ -309,9 +405,9 @@ mod tests {
             "metadata": {"name": "j", "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Trial", "name": "t"}]},
             "spec": {"template": {"metadata": {"labels": {"a": "1"}}, "spec": {"serviceAccount": "x", "serviceAccountName": "x"}}}
         });
-        let before = Job::deserialize(&object).unwrap();
+        let before = Workload::deserialize(&object).unwrap();
         let mut after = before.clone();
-        let template = &mut after.spec.as_mut().unwrap().template;
+        let template = after.spec.as_mut().unwrap().template.as_mut().unwrap();
         template
             .metadata
             .as_mut()
@@ -329,8 +425,72 @@ mod tests {
     }
 
     #[test]
+    fn templates_of_every_workload_path() {
+        let object = json!({
+            "metadata": {"name": "w"},
+            "spec": {
+                "pytorchReplicaSpecs": {
+                    "Master": {"replicas": 1, "template": {"metadata": {"labels": {"a": "1"}}, "spec": {"containers": []}}},
+                    "Worker": {"replicas": 2, "template": {"spec": {"serviceAccountName": "x"}}},
+                    "Other": null
+                },
+                "replicatedJobs": [
+                    {"name": "a", "replicas": 1, "template": {"spec": {"template": {"metadata": {}}}}},
+                    {"name": "b", "template": {"spec": {"template": {"spec": {}}}}}
+                ],
+                "runtimePatches": [{"manager": "m", "trainingRuntimeSpec": {"template": {"spec": {
+                    "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}}}]
+                }}}}]
+            }
+        });
+        let before = Workload::deserialize(&object).unwrap();
+        let mut after = before.clone();
+        let templates = after.templates_mut();
+        let keys: Vec<_> = templates.iter().map(|(key, _)| key.clone()).collect();
+        assert_eq!(
+            keys,
+            [
+                "replica Master",
+                "replica Worker",
+                "replicated job a",
+                "replicated job b",
+                "runtime patch m replicated job node"
+            ]
+        );
+        for (_, template) in templates {
+            template
+                .metadata
+                .get_or_insert_default()
+                .set_label("kubeflow-extension", "true");
+        }
+        let patch = same_as_whole(&before, &after);
+        let mut patched = object.clone();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        let spec = &patched["spec"];
+        for template in [
+            &spec["pytorchReplicaSpecs"]["Master"]["template"],
+            &spec["pytorchReplicaSpecs"]["Worker"]["template"],
+            &spec["replicatedJobs"][0]["template"]["spec"]["template"],
+            &spec["replicatedJobs"][1]["template"]["spec"]["template"],
+            &spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+                [0]["template"]["spec"]["template"],
+        ] {
+            assert_eq!(
+                template["metadata"]["labels"]["kubeflow-extension"], "true",
+                "{patched}"
+            );
+        }
+        assert_eq!(spec["pytorchReplicaSpecs"]["Master"]["replicas"], 1);
+        assert_eq!(
+            spec["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]["a"],
+            "1"
+        );
+        assert_eq!(spec["pytorchReplicaSpecs"]["Other"], json!(null));
+    }
+
+    #[test]
     fn trial_label() {
-        let before = Trial {
+        let before = MetaOnly {
             metadata: ObjectMeta {
                 name: Some("t".into()),
                 ..Default::default()

@@ -328,6 +328,8 @@ async fn trial_job_gets_label_injection_account_and_hold() {
     let mut expected = review["request"]["object"].clone();
     let template = &mut expected["spec"]["template"];
     template["metadata"]["labels"]["kubeflow-extension"] = json!("true");
+    // Istio reads the label first: it is set, and the fixture's opt-out annotation overridden.
+    template["metadata"]["labels"]["sidecar.istio.io/inject"] = json!("true");
     template["metadata"]["annotations"]["sidecar.istio.io/inject"] = json!("true");
     template["metadata"]["annotations"]["proxy.istio.io/config"] =
         json!(r#"{"holdApplicationUntilProxyStarts":true}"#);
@@ -349,6 +351,7 @@ async fn trial_job_in_sleep_mode_gets_no_hold_annotation() {
     let got = patched(&review, &response);
     let meta = &got["spec"]["template"]["metadata"];
     assert_eq!(meta["labels"]["kubeflow-extension"], "true");
+    assert_eq!(meta["labels"]["sidecar.istio.io/inject"], "true");
     assert_eq!(
         meta["annotations"],
         json!({"sidecar.istio.io/inject": "true"})
@@ -357,6 +360,94 @@ async fn trial_job_in_sleep_mode_gets_no_hold_annotation() {
         got["spec"]["template"]["spec"]["serviceAccountName"],
         "default-editor"
     );
+}
+
+/// The same Trial Job, but not as Katib's controller would send it: each loses nothing but the
+/// reserved label, and gains nothing.
+#[tokio::test]
+async fn forged_trial_jobs_get_nothing_and_lose_the_label() {
+    let server = TestServer::start("kfpAccess: header").await;
+    let mut forgeries = Vec::new();
+    // Created by the tenant, not by Katib.
+    let mut review = fixture("trial-job.json");
+    review["request"]["userInfo"] =
+        json!({"username": "alice@example.com", "groups": ["system:authenticated"]});
+    forgeries.push(review);
+    // Trial owners Katib never had, or that do not control the Job.
+    for owner in [
+        json!({"apiVersion": "kubeflow.org/v999", "kind": "Trial", "name": "t", "uid": "u", "controller": true}),
+        json!({"apiVersion": "kubeflow.org/v1beta1", "kind": "Trial", "name": "t", "uid": "u"}),
+    ] {
+        let mut review = fixture("trial-job.json");
+        review["request"]["object"]["metadata"]["ownerReferences"] = json!([owner]);
+        forgeries.push(review);
+    }
+    for mut review in forgeries {
+        review["request"]["object"]["spec"]["template"]["metadata"]["labels"]["kubeflow-extension"] =
+            json!("true");
+        let response = server.review("/mutate/jobs", &review).await;
+        let mut expected = review["request"]["object"].clone();
+        expected["spec"]["template"]["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("kubeflow-extension");
+        assert_eq!(patched(&review, &response), expected);
+    }
+}
+
+#[tokio::test]
+async fn pytorchjob_trial_gets_every_replica_template_into_the_mesh() {
+    let server = TestServer::start("kfpAccess: header").await;
+    let review = fixture("pytorchjob-trial.json");
+    let response = server.review("/mutate/jobs", &review).await;
+    let got = patched(&review, &response);
+    let mut expected = review["request"]["object"].clone();
+    for role in ["Master", "Worker"] {
+        let template = &mut expected["spec"]["pytorchReplicaSpecs"][role]["template"];
+        template["metadata"]["labels"] =
+            json!({"kubeflow-extension": "true", "sidecar.istio.io/inject": "true"});
+        template["metadata"]["annotations"] =
+            json!({"proxy.istio.io/config": r#"{"holdApplicationUntilProxyStarts":true}"#});
+        template["spec"]["serviceAccountName"] = json!("default-editor");
+    }
+    assert_eq!(got, expected);
+    let again = server
+        .review("/mutate/jobs", &reinvoked(&review, got))
+        .await;
+    assert_no_patch(&again);
+}
+
+/// `kubectl label pod web kubeflow-extension=true` and the same on a suspended Job's template:
+/// the label is taken back; removing it is allowed.
+#[tokio::test]
+async fn update_cannot_add_the_reserved_label() {
+    let server = TestServer::start("").await;
+    for (name, labels) in [
+        ("pod-label-update.json", "/metadata/labels"),
+        (
+            "job-template-label-update.json",
+            "/spec/template/metadata/labels",
+        ),
+    ] {
+        let review = fixture(name);
+        let response = server.review("/mutate", &review).await;
+        let got = patched(&review, &response);
+        assert_eq!(
+            got.pointer(labels).unwrap(),
+            review["request"]["oldObject"].pointer(labels).unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            got["metadata"]["resourceVersion"],
+            review["request"]["object"]["metadata"]["resourceVersion"]
+        );
+
+        // The reverse UPDATE (removing it) passes unchanged.
+        let mut removal = review.clone();
+        removal["request"]["object"] = review["request"]["oldObject"].clone();
+        removal["request"]["oldObject"] = review["request"]["object"].clone();
+        assert_no_patch(&server.review("/mutate", &removal).await);
+    }
 }
 
 #[tokio::test]
@@ -410,8 +501,16 @@ async fn unparseable_objects_and_other_operations_are_allowed_without_patch() {
     invalid["request"]["object"]["spec"] = json!({"containers": "nope"});
     assert_no_patch(&server.review("/mutate/pods", &invalid).await);
 
-    let mut update = fixture("notebook-pod.json");
-    update["request"]["operation"] = json!("UPDATE");
+    let mut delete = fixture("notebook-pod.json");
+    delete["request"]["operation"] = json!("DELETE");
+    assert_no_patch(&server.review("/mutate/pods", &delete).await);
+
+    // An UPDATE without its old object is not guessed at.
+    let mut update = fixture("pod-label-update.json");
+    update["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("oldObject");
     assert_no_patch(&server.review("/mutate/pods", &update).await);
 
     let mut no_object = fixture("notebook-pod.json");

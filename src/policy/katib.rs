@@ -438,6 +438,7 @@ mod tests {
                     api_version: "batch/v1".into(),
                     kind: "Job".into(),
                     name: "trial-1".into(),
+                    controller: Some(true),
                 }]),
                 ..Default::default()
             },
@@ -488,7 +489,8 @@ mod tests {
     }
 
     fn wrapped<'a>(pod: &Pod<'a>, config: &Config) -> Decision<Pod<'a>> {
-        mutate_pod(pod, "alice", config)
+        let job_controller = "system:serviceaccount:kube-system:job-controller";
+        mutate_pod(pod, "alice", Some(job_controller), config)
     }
 
     fn containers<'p>(pod: &'p Pod) -> &'p [Container<'p>] {

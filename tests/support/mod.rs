@@ -279,16 +279,27 @@ pub async fn create(client: &Client, namespace: Option<&str>, manifest: &Value) 
         .unwrap_or_else(|e| panic!("create {manifest}: {e}"))
 }
 
-/// The object the offline rules make of `manifest` (what the webhook must have stored).
-pub fn expected(manifest: &Value, namespace: &str, config: &Config) -> Value {
+/// The object the offline rules make of `manifest` created by `username` (what the webhook must
+/// have stored).
+pub fn expected(
+    manifest: &Value,
+    namespace: &str,
+    username: Option<&str>,
+    config: &Config,
+) -> Value {
     let target = tenancy_fixer::admission::Target::of_api_version(
         manifest["apiVersion"].as_str().unwrap(),
         manifest["kind"].as_str().unwrap(),
     )
     .unwrap();
-    let mutation =
-        tenancy_fixer::admission::mutate(target, &manifest.to_string(), Some(namespace), config)
-            .unwrap();
+    let mutation = tenancy_fixer::admission::mutate(
+        target,
+        &manifest.to_string(),
+        Some(namespace),
+        username,
+        config,
+    )
+    .unwrap();
     let mut object = manifest.clone();
     json_patch::patch(&mut object, &mutation.patch).unwrap();
     object

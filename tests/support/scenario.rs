@@ -345,16 +345,90 @@ fn katib_pod_manifest(name: &str, job: &str, job_uid: &str, native_proxy: bool) 
     pod
 }
 
-/// Creates `manifest` through the API server and checks it was stored exactly as the offline
-/// rules say; returns the stored object.
+/// Who the test acts as: the admin of testenv's kubeconfig, or a user it impersonates.
+const ADMIN: &str = "admin";
+const KATIB_CONTROLLER: &str = "system:serviceaccount:kubeflow:katib-controller";
+const JOB_CONTROLLER: &str = "system:serviceaccount:kube-system:job-controller";
+const TENANT: &str = "tenant@example.com";
+
+/// A client acting as `user` (impersonated by the admin), with the rights it has in a cluster:
+/// the controllers all of them (bound once), the tenant a contributor's on pods and Jobs in
+/// `namespace` (testenv runs no ClusterRole aggregation, so Kubeflow's `kubeflow-edit` and
+/// Kubernetes' `edit` are empty here: the Role spells those rights out).
+async fn client_as(admin: &Client, user: &str, namespace: &str) -> Client {
+    let subjects = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]);
+    let grants = if user == TENANT {
+        let verbs = json!([
+            "get", "list", "watch", "create", "update", "patch", "delete"
+        ]);
+        vec![
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "tenant", "namespace": namespace},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": verbs},
+                    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": verbs},
+                ],
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "tenant", "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+                "subjects": subjects,
+            }),
+        ]
+    } else {
+        vec![json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("e2e-{}", user.replace(':', "-"))},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": subjects,
+        })]
+    };
+    for grant in grants {
+        let scope = grant["metadata"]["namespace"].as_str();
+        let api = api_for(admin, scope, &grant).await;
+        let object = serde_json::from_value(grant.clone()).unwrap();
+        if let Err(error) = api.create(&kube::api::PostParams::default(), &object).await {
+            // Bound before, for another test of this binary: fine.
+            assert!(
+                error.to_string().contains("already exists"),
+                "{grant}: {error}"
+            );
+        }
+    }
+    let plane = RUNNING.get().unwrap().plane;
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    let client = Client::try_from(config).unwrap();
+    // A new binding reaches the authorizer's cache a moment later.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    eventually(&format!("{user} may list pods in {namespace}"), || async {
+        pods.list(&Default::default()).await.ok().map(|_| ())
+    })
+    .await;
+    client
+}
+
+/// Creates `manifest` through the API server as `user` and checks it was stored exactly as the
+/// offline rules say; returns the stored object.
 async fn stored_as_rules_say(
-    client: &Client,
+    admin: &Client,
+    user: &str,
     namespace: &str,
     manifest: &Value,
     config: &Config,
 ) -> Value {
-    let stored = create(client, Some(namespace), manifest).await;
-    assert_stored_as(&stored, &expected(manifest, namespace, config));
+    let client = if user == ADMIN {
+        admin.clone()
+    } else {
+        client_as(admin, user, namespace).await
+    };
+    let stored = create(&client, Some(namespace), manifest).await;
+    assert_stored_as(&stored, &expected(manifest, namespace, Some(user), config));
     stored
 }
 
@@ -371,6 +445,7 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     // Notebook pods get the label (and, in token mode, the KFP token).
     let notebook = stored_as_rules_say(
         &client,
+        ADMIN,
         ns,
         &pod_json("nb-0", &[("notebook-name", "nb")]),
         &config,
@@ -418,11 +493,18 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
         .unwrap();
 
     // Trials outside the Kubeflow namespace are labelled, both versions; inside they are not.
-    let trial =
-        stored_as_rules_say(&client, ns, &trial_manifest("v1beta1", "trial-1"), &config).await;
+    let trial = stored_as_rules_say(
+        &client,
+        ADMIN,
+        ns,
+        &trial_manifest("v1beta1", "trial-1"),
+        &config,
+    )
+    .await;
     assert_eq!(label(&trial, "kubeflow-extension"), Some("true"));
     let old = stored_as_rules_say(
         &client,
+        ADMIN,
         ns,
         &trial_manifest("v1alpha3", "trial-old"),
         &config,
@@ -438,10 +520,12 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     .await;
     assert_eq!(label(&in_kubeflow, "kubeflow-extension"), None);
 
-    // Trial Jobs: label, sidecar, editor account (and hold, where the mode says).
+    // Trial Jobs, made by Katib's controller: label, sidecar, editor account (and hold, where
+    // the mode says).
     let trial_uid = trial["metadata"]["uid"].as_str().unwrap();
     let job = stored_as_rules_say(
         &client,
+        KATIB_CONTROLLER,
         ns,
         &job_manifest(
             "trial-1",
@@ -453,7 +537,7 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     let template = &job["spec"]["template"];
     assert_eq!(template["metadata"]["labels"]["kubeflow-extension"], "true");
     assert_eq!(
-        template["metadata"]["annotations"]["sidecar.istio.io/inject"],
+        template["metadata"]["labels"]["sidecar.istio.io/inject"],
         "true"
     );
     assert_eq!(template["spec"]["serviceAccountName"], "default-editor");
@@ -469,10 +553,27 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
             .is_none()
     );
 
-    // Katib trial pods: training waits for the proxy, the collector stops it.
+    // The same Job made by the admin (not a trusted controller): nothing added, label removed.
+    let mut forged = job_manifest("forged", Some(("kubeflow.org/v1beta1", "Trial", trial_uid)));
+    forged["spec"]["template"]["metadata"]["labels"]["kubeflow-extension"] = json!("true");
+    let forged = create(&client, Some(ns), &forged).await;
+    let template = &forged["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["kubeflow-extension"],
+        Value::Null
+    );
+    assert_eq!(
+        template["metadata"]["labels"]["sidecar.istio.io/inject"],
+        Value::Null
+    );
+    assert_eq!(template["spec"]["serviceAccountName"], "pipeline-runner");
+
+    // Katib trial pods, made by the Job controller: training waits for the proxy, the collector
+    // stops it.
     let job_uid = job["metadata"]["uid"].as_str().unwrap();
     let katib = stored_as_rules_say(
         &client,
+        JOB_CONTROLLER,
         ns,
         &katib_pod_manifest("trial-1-pod", "trial-1", job_uid, false),
         &config,
@@ -495,7 +596,7 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
         katib["metadata"]["annotations"][tenancy_fixer::policy::WRAPPED_ANNOTATION].is_string()
     );
     let native = create(
-        &client,
+        &client_as(&client, JOB_CONTROLLER, ns).await,
         Some(ns),
         &katib_pod_manifest("trial-1-native", "trial-1", job_uid, true),
     )
@@ -507,6 +608,71 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
     );
     assert!(native["spec"]["containers"][1].get("command").is_none());
     assert!(native["spec"]["containers"][0]["command"][0] == "python3");
+    assert_eq!(label(&native, "kubeflow-extension"), Some("true"));
 
+    tenant_cannot_obtain_the_label(&client, ns).await;
     delete_namespace(&client, ns).await;
+}
+
+/// A namespace contributor (`edit`, not an admin, acting as themselves) cannot get the reserved
+/// label onto a pod or a pod template: not at creation, not by naming owners, not by UPDATE.
+async fn tenant_cannot_obtain_the_label(admin: &Client, ns: &str) {
+    let tenant = client_as(admin, TENANT, ns).await;
+    let claims = |name: &str| pod_json(name, &[("kubeflow-extension", "true")]);
+
+    // A bare pod naming a Job of theirs as its controller.
+    let own_job = create(&tenant, Some(ns), &job_manifest("tenant-job", None)).await;
+    let mut owned = claims("tenant-owned");
+    owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+        "name": "tenant-job", "uid": own_job["metadata"]["uid"], "controller": true}]);
+    let owned = create(&tenant, Some(ns), &owned).await;
+    assert_eq!(label(&owned, "kubeflow-extension"), None);
+
+    // `kubectl label pod tenant-pod kubeflow-extension=true`, and `--overwrite` on the notebook.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(tenant.clone(), ns);
+    create(&tenant, Some(ns), &pod_json("tenant-pod", &[("app", "x")])).await;
+    let add = json!({"metadata": {"labels": {"kubeflow-extension": "true"}}});
+    let patched = pods
+        .patch("tenant-pod", &PatchParams::default(), &Patch::Merge(&add))
+        .await
+        .unwrap();
+    assert_eq!(patched.labels().get("kubeflow-extension"), None);
+    let change = json!({"metadata": {"labels": {"kubeflow-extension": "x"}}});
+    let patched = pods
+        .patch("nb-0", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    assert_eq!(patched.labels()["kubeflow-extension"], "true");
+    // Removing it is allowed.
+    let remove = json!({"metadata": {"labels": {"kubeflow-extension": null}}});
+    let patched = pods
+        .patch("nb-0", &PatchParams::default(), &Patch::Merge(&remove))
+        .await
+        .unwrap();
+    assert_eq!(patched.labels().get("kubeflow-extension"), None);
+
+    // A suspended Job's template labelled by UPDATE.
+    let mut suspended = job_manifest("tenant-suspended", None);
+    suspended["spec"]["suspend"] = json!(true);
+    create(&tenant, Some(ns), &suspended).await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(tenant.clone(), ns);
+    let add =
+        json!({"spec": {"template": {"metadata": {"labels": {"kubeflow-extension": "true"}}}}});
+    let patched = jobs
+        .patch(
+            "tenant-suspended",
+            &PatchParams::default(),
+            &Patch::Merge(&add),
+        )
+        .await
+        .unwrap();
+    let labels = patched
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert_eq!(labels.get("kubeflow-extension"), None, "{labels:?}");
 }
