@@ -52,7 +52,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the manifests installing tenancy-fixer in a cluster (a YAML stream for `kubectl apply -f -`).
     Manifests(ManifestsArgs),
-    /// Remove tenancy-fixer's finalizer from every Profile (uninstall, after stopping the controller).
+    /// Remove the finalizer earlier versions put on every Profile (uninstalling one without upgrading, after stopping it).
     ReleaseFinalizers(ReleaseFinalizersArgs),
 }
 

@@ -158,13 +158,14 @@ fn gather_crds(dirs: &[PathBuf], into: &std::path::Path) -> Result<PathBuf> {
 }
 
 async fn narrate(client: &Client, config: &Config) -> Result<()> {
-    local::ensure_namespace(client, PROFILE).await?;
     let profile = json!({
         "apiVersion": "kubeflow.org/v1", "kind": "Profile",
         "metadata": {"name": PROFILE},
         "spec": {"owner": {"kind": "User", "name": OWNER}},
     });
-    local::create(client, None, &profile, false).await?;
+    let profile = local::create(client, None, &profile, false).await?;
+    // The namespace as the Kubeflow profile-controller makes it, controlled by the Profile.
+    local::ensure_profile_namespace(client, &profile).await?;
     let started = Instant::now();
     let kept = kept_objects(client, config).await?;
     println!(

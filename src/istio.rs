@@ -7,7 +7,10 @@
 //! - `token` mode: a `PodDefault` in the profile namespace giving pods the projected KFP token.
 //!
 //! Everything carries our managed-by label and a label naming the profile, and is owned by the
-//! Profile, so the garbage collector removes it too if we are not there.
+//! Profile, so the garbage collector removes it when the Profile goes, also if we are not there.
+//!
+//! The owner's name is tenant-controlled text that ends up in Envoy configuration and in an
+//! Istio match: [`owner_problem`] says when it cannot be used, [`envoy_header_value`] escapes it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{
@@ -74,6 +77,14 @@ impl ManagedKind {
         }
     }
 
+    /// The namespace of this kind's object for `profile`.
+    pub fn namespace_for(self, profile: &str, config: &Config) -> String {
+        match self.home() {
+            Home::Kubeflow => config.settings.kubeflow_namespace.clone(),
+            Home::Profile => profile.to_string(),
+        }
+    }
+
     /// Name of this kind's object for `profile`.
     pub fn object_name(self, profile: &str, config: &Config) -> String {
         match self {
@@ -85,10 +96,10 @@ impl ManagedKind {
         }
     }
 
-    /// Can this kind be built for `profile`? The EnvoyFilter asserts the owner's identity, so a
-    /// Profile naming no owner gets none (rather than an empty user id).
-    pub fn buildable_for(self, profile: &Profile) -> bool {
-        self != ManagedKind::EnvoyFilter || !owner_of(profile).is_empty()
+    /// Does this kind carry the owner's name (header mode: the EnvoyFilter asserts it, the grant
+    /// admits only it)? Such a kind is kept only for an owner [`owner_problem`] accepts.
+    pub fn names_the_owner(self) -> bool {
+        self != ManagedKind::PodDefault
     }
 
     /// The kinds the configured mode keeps.
@@ -116,6 +127,56 @@ pub fn owner_of(profile: &Profile) -> &str {
         .unwrap_or("")
 }
 
+/// Why an owner name cannot be put in the user id header (and in the grant's match on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerProblem {
+    /// The Profile names no owner: there is no identity to assert.
+    Empty,
+    /// A control character (below 0x20, or 0x7f): Envoy rejects CR, LF and NUL in a header value,
+    /// which would break the whole namespace's route configuration; none belongs in a user id.
+    ControlCharacter,
+    /// A leading or trailing `*`: Istio reads it as a wildcard in the grant's header match, so the
+    /// grant would admit other user ids.
+    Wildcard,
+    /// A leading or trailing space: HTTP strips it from header values, so KFP would see another
+    /// user id than the one the grant matches.
+    SurroundingSpace,
+}
+
+impl std::fmt::Display for OwnerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OwnerProblem::Empty => "the profile names no owner",
+            OwnerProblem::ControlCharacter => "the owner name contains a control character",
+            OwnerProblem::Wildcard => {
+                "the owner name starts or ends with '*', which Istio reads as a wildcard"
+            }
+            OwnerProblem::SurroundingSpace => "the owner name starts or ends with a space",
+        })
+    }
+}
+
+/// Can `owner` be asserted in the user id header and matched by the grant? `None` when it can.
+pub fn owner_problem(owner: &str) -> Option<OwnerProblem> {
+    if owner.is_empty() {
+        Some(OwnerProblem::Empty)
+    } else if owner.chars().any(|c| c < '\u{20}' || c == '\u{7f}') {
+        Some(OwnerProblem::ControlCharacter)
+    } else if owner.starts_with('*') || owner.ends_with('*') {
+        Some(OwnerProblem::Wildcard)
+    } else if owner.starts_with(' ') || owner.ends_with(' ') {
+        Some(OwnerProblem::SurroundingSpace)
+    } else {
+        None
+    }
+}
+
+/// `owner` as an Envoy header value: Envoy reads `%...%` as a formatter (`%REQ(x)%` would copy a
+/// request header the caller chooses), and `%%` as a literal `%`.
+pub fn envoy_header_value(owner: &str) -> String {
+    owner.replace('%', "%%")
+}
+
 /// The Istio principal of the profile namespace's editor account.
 pub fn principal(namespace: &str, config: &Config) -> String {
     format!(
@@ -124,11 +185,13 @@ pub fn principal(namespace: &str, config: &Config) -> String {
     )
 }
 
-/// Every object the configured mode keeps for `profile`, in a stable order.
+/// Every object the configured mode keeps for `profile`, in a stable order (none naming the
+/// owner when [`owner_problem`] refuses it).
 pub fn desired_objects(profile: &Profile, config: &Config) -> Vec<DynamicObject> {
+    let owner_usable = owner_problem(owner_of(profile)).is_none();
     ManagedKind::wanted(config)
         .into_iter()
-        .filter(|kind| kind.buildable_for(profile))
+        .filter(|kind| owner_usable || !kind.names_the_owner())
         .map(|kind| build(kind, profile, config))
         .collect()
 }
@@ -138,14 +201,27 @@ pub fn build(kind: ManagedKind, profile: &Profile, config: &Config) -> DynamicOb
     let namespace = profile.name_any();
     let settings = &config.settings;
     let kfp = &settings.ml_pipeline;
+    let owner = owner_of(profile);
+    // The grant admits the editor account only with the profile's own owner in the user id header
+    // (as it arrives: unescaped), so a pod of the namespace can at most assert that owner.
+    let user_id_key = format!("request.headers[{}]", kfp.user_id_header);
     let spec = match kind {
         ManagedKind::AuthorizationPolicy => json!({
             "selector": {"matchLabels": {"app": kfp.app_label}},
             "action": "ALLOW",
-            "rules": [{"from": [{"source": {"principals": [principal(&namespace, config)]}}]}],
+            "rules": [{
+                "from": [{"source": {"principals": [principal(&namespace, config)]}}],
+                "when": [{"key": user_id_key, "values": [owner]}],
+            }],
         }),
+        // Istio 1.3-1.5 accept `request.headers[...]` as a ServiceRoleBinding subject property
+        // (pilot's RBAC plugin lists it among the binding attributes); a subject's properties
+        // must all match.
         ManagedKind::ServiceRoleBinding => json!({
-            "subjects": [{"properties": {"source.principal": principal(&namespace, config)}}],
+            "subjects": [{"properties": {
+                "source.principal": principal(&namespace, config),
+                user_id_key: owner,
+            }}],
             "roleRef": {"kind": "ServiceRole", "name": kfp.service_role},
         }),
         ManagedKind::EnvoyFilter => json!({
@@ -159,11 +235,16 @@ pub fn build(kind: ManagedKind, profile: &Profile, config: &Config) -> DynamicOb
                         "route": {"name": "default"},
                     }},
                 },
+                // `append: false` replaces any value the client sent. Not `append_action`: the
+                // Envoy v2 API of Istio 1.3-1.5 does not know it, while current Envoy still
+                // accepts `append` (deprecated, same meaning). Not `request_headers_to_remove`
+                // either: Envoy of those Istio versions applies removals after additions, so it
+                // would remove our own header.
                 "patch": {
                     "operation": "MERGE",
                     "value": {"request_headers_to_add": [{
-                        "append": true,
-                        "header": {"key": kfp.user_id_header, "value": owner_of(profile)},
+                        "append": false,
+                        "header": {"key": kfp.user_id_header, "value": envoy_header_value(owner)},
                     }]},
                 },
             }],
@@ -180,10 +261,6 @@ pub fn build(kind: ManagedKind, profile: &Profile, config: &Config) -> DynamicOb
             })
         }
     };
-    let home = match kind.home() {
-        Home::Kubeflow => settings.kubeflow_namespace.clone(),
-        Home::Profile => namespace.clone(),
-    };
     let resource = kind.api_resource();
     DynamicObject {
         types: Some(kube::api::TypeMeta {
@@ -192,7 +269,7 @@ pub fn build(kind: ManagedKind, profile: &Profile, config: &Config) -> DynamicOb
         }),
         metadata: ObjectMeta {
             name: Some(kind.object_name(&namespace, config)),
-            namespace: Some(home),
+            namespace: Some(kind.namespace_for(&namespace, config)),
             labels: Some(
                 [
                     (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
@@ -268,6 +345,8 @@ pub fn to_yaml_stream(objects: &[DynamicObject]) -> Result<String, serde_yaml::E
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
     use crate::testing::{config, profile};
 
@@ -291,7 +370,10 @@ mod tests {
             json!({
                 "selector": {"matchLabels": {"app": "ml-pipeline"}},
                 "action": "ALLOW",
-                "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/alice/sa/default-editor"]}}]}],
+                "rules": [{
+                    "from": [{"source": {"principals": ["cluster.local/ns/alice/sa/default-editor"]}}],
+                    "when": [{"key": "request.headers[kubeflow-userid]", "values": ["alice@example.com"]}],
+                }],
             })
         );
         let ef = &objects[1];
@@ -313,8 +395,17 @@ mod tests {
         );
         assert_eq!(patch["patch"]["operation"], "MERGE");
         assert_eq!(
-            patch["patch"]["value"]["request_headers_to_add"][0]["header"],
-            json!({"key": "kubeflow-userid", "value": "alice@example.com"})
+            patch["patch"]["value"]["request_headers_to_add"],
+            json!([{
+                "append": false,
+                "header": {"key": "kubeflow-userid", "value": "alice@example.com"},
+            }]),
+            "replaces what the client sent"
+        );
+        assert!(
+            patch["patch"]["value"]
+                .get("request_headers_to_remove")
+                .is_none()
         );
         assert_eq!(
             ef.data["spec"]["workloadSelector"],
@@ -348,7 +439,10 @@ mod tests {
         assert_eq!(
             srb.data["spec"],
             json!({
-                "subjects": [{"properties": {"source.principal": "cluster.local/ns/bob/sa/default-editor"}}],
+                "subjects": [{"properties": {
+                    "source.principal": "cluster.local/ns/bob/sa/default-editor",
+                    "request.headers[kubeflow-userid]": "bob@example.com",
+                }}],
                 "roleRef": {"kind": "ServiceRole", "name": "ml-pipeline-services"},
             })
         );
@@ -388,26 +482,101 @@ mod tests {
     }
 
     #[test]
-    fn profile_without_owner_gets_no_envoy_filter() {
-        let mut p = profile("nobody", "");
-        let kinds = |p: &Profile| {
-            desired_objects(p, &config("kfpAccess: header"))
+    fn profile_without_usable_owner_gets_no_header_objects() {
+        let kinds = |p: &Profile, mode: &str| {
+            desired_objects(p, &config(mode))
                 .iter()
                 .map(|o| o.types.as_ref().unwrap().kind.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kinds(&p), ["AuthorizationPolicy"]);
+        let mut p = profile("nobody", "");
+        assert!(kinds(&p, "kfpAccess: header").is_empty());
         p.spec.owner = None;
-        assert_eq!(kinds(&p), ["AuthorizationPolicy"]);
+        assert!(kinds(&p, "kfpAccess: header").is_empty());
+        assert_eq!(kinds(&p, "kfpAccess: token"), ["PodDefault"]);
+        let p = profile("eve", "eve\r\nkubeflow-userid: admin");
+        assert!(kinds(&p, "kfpAccess: header").is_empty());
     }
 
     #[test]
-    fn owner_change_changes_only_the_header_value() {
+    fn owner_problems() {
+        for ok in [
+            "alice@example.com",
+            "a%b",
+            "%REQ(x-impersonate)%",
+            "名前",
+            "a*b",
+            "a b",
+        ] {
+            assert_eq!(owner_problem(ok), None, "{ok:?}");
+        }
+        assert_eq!(owner_problem(""), Some(OwnerProblem::Empty));
+        for control in ["a\rb", "a\nb", "a\0b", "\u{1f}a", "a\u{7f}", "\t"] {
+            assert_eq!(
+                owner_problem(control),
+                Some(OwnerProblem::ControlCharacter),
+                "{control:?}"
+            );
+        }
+        for wildcard in ["*", "*@example.com", "alice*"] {
+            assert_eq!(
+                owner_problem(wildcard),
+                Some(OwnerProblem::Wildcard),
+                "{wildcard:?}"
+            );
+        }
+        for spaced in [" alice", "alice "] {
+            assert_eq!(owner_problem(spaced), Some(OwnerProblem::SurroundingSpace));
+        }
+    }
+
+    /// The user id header's value in the EnvoyFilter, and the value the grant admits.
+    fn header_value_and_grant(owner: &str, mode: &str) -> (Value, Value) {
+        let objects = desired_objects(&profile("alice", owner), &config(mode));
+        let ef = objects
+            .iter()
+            .find(|o| o.types.as_ref().unwrap().kind == "EnvoyFilter")
+            .unwrap();
+        let value = ef.data["spec"]["configPatches"][0]["patch"]["value"]["request_headers_to_add"]
+            [0]["header"]["value"]
+            .clone();
+        let grant = &objects[0].data["spec"];
+        let admitted = match objects[0].types.as_ref().unwrap().kind.as_str() {
+            "AuthorizationPolicy" => grant["rules"][0]["when"][0]["values"][0].clone(),
+            _ => grant["subjects"][0]["properties"]["request.headers[kubeflow-userid]"].clone(),
+        };
+        (value, admitted)
+    }
+
+    #[test]
+    fn percent_signs_reach_envoy_escaped_and_the_grant_as_they_are() {
+        for mode in [
+            "kfpAccess: header",
+            "kfpAccess: header\nistioRbac: service-role-binding",
+        ] {
+            for (owner, in_envoy) in [
+                ("%REQ(x-impersonate)%", "%%REQ(x-impersonate)%%"),
+                ("%", "%%"),
+                ("100%@x", "100%%@x"),
+                ("%%", "%%%%"),
+                ("plain@x", "plain@x"),
+            ] {
+                let (value, admitted) = header_value_and_grant(owner, mode);
+                assert_eq!(value, in_envoy, "{mode}: {owner:?}");
+                // Envoy turns `%%` back into `%`: the grant matches what arrives.
+                assert_eq!(admitted, owner, "{mode}: {owner:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn owner_change_changes_the_header_value_and_the_grant() {
         let c = config("kfpAccess: header");
         let before = desired_objects(&profile("alice", "a@x"), &c);
         let after = desired_objects(&profile("alice", "b@x"), &c);
-        assert!(is_up_to_date(&before[0], &after[0]));
+        assert!(!is_up_to_date(&before[0], &after[0]));
         assert!(!is_up_to_date(&before[1], &after[1]));
+        assert!(is_up_to_date(&after[0], &after[0]));
     }
 
     #[test]

@@ -269,6 +269,35 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes (or completes) the namespace of the stored `profile` the way the Kubeflow
+/// profile-controller makes it: the Profile its controller owner (`SetControllerReference`), the
+/// `owner` annotation, sidecar injection on. The controller keeps objects only in such a
+/// namespace.
+pub async fn ensure_profile_namespace(client: &Client, profile: &Value) -> Result<()> {
+    let name = profile["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "annotations": {"owner": profile["spec"]["owner"]["name"]},
+            "labels": {"istio-injection": "enabled"},
+            "ownerReferences": [{
+                "apiVersion": "kubeflow.org/v1", "kind": "Profile", "name": name,
+                "uid": profile["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+    });
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("tenancy-fixer-local"),
+            &Patch::Apply(&namespace),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The API of a manifest's kind (by discovery), in `namespace` (None: cluster-scoped).
 pub async fn api_for(
     client: &Client,

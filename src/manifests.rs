@@ -287,6 +287,21 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error>
             subjects: Some(vec![service_account_subject()]),
         },
     )?;
+    let events = "Events on Profiles (refusals a user would not see otherwise): a Profile is cluster-scoped, \
+                  so its Events live in the namespace `default`.";
+    doc(Some(events), &events_role())?;
+    doc(
+        None,
+        &RoleBinding {
+            metadata: meta(EVENTS_ROLE, Some(EVENTS_NAMESPACE)),
+            role_ref: RoleRef {
+                api_group: Some(RBAC_GROUP.into()),
+                kind: "Role".into(),
+                name: EVENTS_ROLE.into(),
+            },
+            subjects: Some(vec![service_account_subject()]),
+        },
+    )?;
     let election = "Leader election: only the Lease holder runs the controller; every replica serves admission.";
     doc(Some(election), &lease_role())?;
     doc(
@@ -416,8 +431,8 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// The controller's cluster-wide access: Profiles (watch, and patch for the finalizer, which
-/// `kube::runtime::finalizer` adds and removes with JSON patches), Namespaces (watch), and every
+/// The controller's cluster-wide access: Profiles (watch, and patch to remove the finalizer of an
+/// earlier version), Namespaces (watch), and every
 /// kind it manages (watch, server-side apply, delete), also those of modes not configured (it
 /// cleans them up).
 pub fn cluster_role() -> ClusterRole {
@@ -441,6 +456,23 @@ pub fn cluster_role() -> ClusterRole {
         metadata: meta(NAME, None),
         rules: Some(rules),
         aggregation_rule: None,
+    }
+}
+
+/// Where the Events on cluster-scoped objects (Profiles) are stored.
+pub const EVENTS_NAMESPACE: &str = "default";
+const EVENTS_ROLE: &str = "tenancy-fixer-events";
+
+/// Events on Profiles: `kube::runtime::events::Recorder` creates an Event, then patches it when
+/// the same one recurs.
+pub fn events_role() -> Role {
+    Role {
+        metadata: meta(EVENTS_ROLE, Some(EVENTS_NAMESPACE)),
+        rules: Some(vec![rule(
+            "events.k8s.io",
+            &["events"],
+            &["create", "patch"],
+        )]),
     }
 }
 
@@ -718,6 +750,8 @@ mod tests {
                 "ClusterRoleBinding",
                 "Role",
                 "RoleBinding",
+                "Role",
+                "RoleBinding",
                 "ConfigMap",
                 "Service",
                 "Deployment",
@@ -729,9 +763,10 @@ mod tests {
                 doc["kind"].as_str(),
                 Some("ClusterRole" | "ClusterRoleBinding" | "MutatingWebhookConfiguration")
             );
+            let events = doc["metadata"]["name"] == EVENTS_ROLE;
             assert_eq!(
                 doc["metadata"]["namespace"].as_str(),
-                namespaced.then_some(NAMESPACE),
+                namespaced.then_some(if events { EVENTS_NAMESPACE } else { NAMESPACE }),
                 "{}",
                 doc["kind"]
             );

@@ -28,8 +28,7 @@ async fn stopped_webhook_fails_open_and_restart_removes_orphans() {
     register_webhook(&client, &serve.url(), &tls, &config).await;
 
     for name in ["life-gone-profile", "life-gone-namespace"] {
-        ensure_namespace(&client, name).await;
-        create(&client, None, &profile_manifest(name, "owner@example.com")).await;
+        create_profile(&client, name, "owner@example.com").await;
         converged(&client, name, &config).await;
     }
 

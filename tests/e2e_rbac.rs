@@ -2,10 +2,10 @@
 //! accepted, the Deployment's pod meets the namespace's `restricted` Pod Security level, and the
 //! ClusterRole, Role and bindings are enough for the controller. The controller runs in-process
 //! leader-elected, as the install's ServiceAccount (the admin client impersonating it), through
-//! every mode: each managed kind is watched, applied and deleted, the Profile's finalizer added
-//! and released, the Lease created, held, released and taken over. Then `serve --leader-elect`
-//! takes the Lease and releases it on SIGTERM. Last, `release-finalizers` (uninstall) frees a
-//! Profile while the controller is stopped.
+//! every mode: each managed kind is watched, created, applied and deleted, an earlier version's
+//! finalizer removed, Events published, the Lease created, held, released and taken over. Then
+//! `serve --leader-elect` takes the Lease and releases it on SIGTERM. Last, `release-finalizers`
+//! (uninstalling an earlier version) frees a Profile while the controller is stopped.
 
 mod support;
 
@@ -14,10 +14,11 @@ use std::{process::Command, sync::Arc, time::Duration};
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Pod, Secret},
+    events::v1::Event,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, PostParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 use serde::Deserialize;
@@ -138,6 +139,32 @@ async fn has_finalizer(admin: &Client, profile: &str) -> bool {
     profile.finalizers().iter().any(|f| f == FINALIZER)
 }
 
+async fn add_finalizer(admin: &Client, profile: &str) {
+    let patch = json!({"metadata": {"finalizers": [FINALIZER]}});
+    Api::<Profile>::all(admin.clone())
+        .patch(profile, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// Waits for an Event with `reason` on the Profile `profile` (Events of cluster-scoped objects
+/// are in `default`).
+async fn event_on(admin: &Client, profile: &str, reason: &str) {
+    let events: Api<Event> = Api::namespaced(admin.clone(), manifests::EVENTS_NAMESPACE);
+    eventually(&format!("{reason} event on {profile}"), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(profile)
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Profile")
+            })
+            .then_some(())
+    })
+    .await;
+}
+
 async fn kinds_gone(admin: &Client, kinds: &[ManagedKind], profile: &str, config: &Config) {
     for kind in kinds {
         let api = managed_api(admin, *kind, profile, config);
@@ -205,21 +232,25 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
 
     ensure_namespace(&admin, "kubeflow").await;
     for name in ["rbac-alice", "rbac-bob"] {
-        ensure_namespace(&admin, name).await;
-        create(
-            &admin,
-            None,
-            &profile_manifest(name, &format!("{name}@example.com")),
-        )
-        .await;
+        create_profile(&admin, name, &format!("{name}@example.com")).await;
     }
+    // An earlier version put its finalizer on every Profile.
+    add_finalizer(&admin, "rbac-alice").await;
+    // A Profile that does not control its namespace: refused, reported as an Event.
+    ensure_namespace(&admin, "rbac-mallory").await;
+    create(&admin, None, &profile_manifest("rbac-mallory", "m@x")).await;
 
-    // Token mode: the PodDefault is applied, the finalizer added, the Lease created and held.
+    // Token mode: the PodDefault is created, the earlier finalizer removed, the refusal
+    // published, the Lease created and held.
     let (replica, config) = Replica::start(&sa, "kfpAccess: token\n", "replica-a").await;
     wait_for_holder(&admin, Some("replica-a")).await;
     converged(&admin, "rbac-alice", &config).await;
     converged(&admin, "rbac-bob", &config).await;
-    assert!(has_finalizer(&admin, "rbac-alice").await);
+    eventually("earlier finalizer removed", || async {
+        (!has_finalizer(&admin, "rbac-alice").await).then_some(())
+    })
+    .await;
+    event_on(&admin, "rbac-mallory", "NamespaceNotOwned").await;
     replica.stop().await;
     wait_for_holder(&admin, None).await;
 
@@ -232,8 +263,7 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     kinds_gone(&admin, &[ManagedKind::PodDefault], "rbac-alice", &config).await;
     replica.stop().await;
 
-    // Header mode, legacy ServiceRoleBinding; then the profile goes: everything is removed and
-    // the finalizer released.
+    // Header mode, legacy ServiceRoleBinding; then the profile goes: everything is removed.
     let settings = "kfpAccess: header\nistioRbac: service-role-binding\n";
     let (replica, config) = Replica::start(&sa, settings, "replica-a").await;
     converged(&admin, "rbac-alice", &config).await;
@@ -278,9 +308,14 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     assert!(status.success(), "serve stopped cleanly: {status}");
     assert_eq!(lease_holder(&admin).await, None, "released before exiting");
 
-    // Uninstall: with the controller stopped, `release-finalizers` frees the remaining profile,
-    // which then goes at once; the garbage collector takes what we made for it.
-    assert!(has_finalizer(&admin, "rbac-bob").await);
+    // Uninstalling an earlier version (which put its finalizer on every Profile): with the
+    // controller stopped, `release-finalizers` frees the profile, which then goes at once; the
+    // garbage collector takes what we made for it.
+    assert!(
+        !has_finalizer(&admin, "rbac-bob").await,
+        "this version adds none"
+    );
+    add_finalizer(&admin, "rbac-bob").await;
     let out = Command::new(env!("CARGO_BIN_EXE_tenancy-fixer"))
         .arg("release-finalizers")
         .arg("--kubeconfig")

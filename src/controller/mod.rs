@@ -11,9 +11,15 @@
 //! - one cache per managed kind the cluster serves (wanted by the mode or not, so objects of a
 //!   previous mode are cleaned), label-selected on `app.kubernetes.io/managed-by=tenancy-fixer`.
 //!
-//! Writes are server-side applies (field manager `tenancy-fixer`, forced) of objects that differ
-//! from the cache, and uid-preconditioned deletes; a resync where nothing changed writes nothing.
-//! Several replicas may run at once: applies converge and deletes of gone objects are no-ops.
+//! Writes never touch an object we did not make (see [`plan`] for what is ours): a missing object
+//! is created with POST, one of ours is updated by a forced server-side apply (field manager
+//! `tenancy-fixer`) carrying the resourceVersion we planned from, and deleted with a uid
+//! precondition; a resync where nothing changed writes nothing. There is no finalizer: what we
+//! make is owned by the Profile, so the garbage collector removes it with the Profile, also while
+//! we are down; an earlier version's finalizer is removed from every Profile we reconcile.
+//! Refusals (a foreign object in the way, a namespace the Profile does not control, an owner name
+//! unusable in a header) and removals by a mode switch are reported as Events on the Profile.
+//! Several replicas may run at once: writes converge and deletes of gone objects are no-ops.
 //! The decisions are the pure functions of [`plan`].
 
 mod plan;
@@ -30,6 +36,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
+        events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -38,7 +45,10 @@ use tracing::{debug, error, info, warn};
 
 use self::reconcile::{Context, ManagedStore};
 pub use self::{
-    plan::{Desired, HeldBack, NamespaceState, Plan, desired, labelled_for, plan},
+    plan::{
+        Desired, Foreign, HeldBack, NamespaceState, Plan, Refusal, Report, desired, is_ours,
+        labelled_for, namespace_controlled_by, plan,
+    },
     reconcile::{FIELD_MANAGER, FINALIZER, RESYNC},
     stats::{Stats, StatsSnapshot, stats},
 };
@@ -83,9 +93,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Wraps our own errors from keep/cleanup, and failures to add or remove the finalizer.
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -215,13 +222,19 @@ pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stat
         managed.push(ManagedStore { kind, store });
     }
 
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
         namespaces,
         managed,
         stats: Arc::clone(&stats),
         failures: Default::default(),
+        reported: Default::default(),
     });
     controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -366,10 +379,9 @@ async fn lease_task_failure(
     }
 }
 
-/// Removes our [`FINALIZER`] from every Profile that carries it (uninstall: run it once the
-/// controller is stopped, or the controller adds it again). Returns the released profiles'
-/// names. Each removal is a JSON patch that first tests the entry, so a concurrent change to
-/// the finalizer list fails that profile instead of removing someone else's entry.
+/// Removes [`FINALIZER`], which earlier versions put on every Profile, from every Profile that
+/// carries it: uninstalling such a version without upgrading first (stop it first, or it adds the
+/// finalizer again). This version removes it by itself. Returns the released profiles' names.
 ///
 /// Needs RBAC on `profiles`: list, patch.
 pub async fn release_finalizers(client: &Client) -> Result<Vec<String>> {
@@ -380,31 +392,10 @@ pub async fn release_finalizers(client: &Client) -> Result<Vec<String>> {
         .map_err(Error::ReleaseFinalizers)?;
     let mut released = Vec::new();
     for profile in list {
-        let Some(index) = profile.finalizers().iter().position(|f| f == FINALIZER) else {
-            continue;
-        };
         let name = profile.name_any();
-        let path = json_patch::jsonptr::PointerBuf::from_tokens([
-            "metadata",
-            "finalizers",
-            &index.to_string(),
-        ]);
-        let patch = json_patch::Patch(vec![
-            json_patch::PatchOperation::Test(json_patch::TestOperation {
-                path: path.clone(),
-                value: FINALIZER.into(),
-            }),
-            json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
-        ]);
-        match profiles
-            .patch(
-                &name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Json::<()>(patch),
-            )
-            .await
-        {
-            Ok(_) => {
+        match reconcile::remove_finalizer(&profiles, &profile).await {
+            Ok(false) => {}
+            Ok(true) => {
                 info!(profile = %name, "finalizer released");
                 released.push(name);
             }

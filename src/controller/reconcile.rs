@@ -1,4 +1,5 @@
-//! One reconcile of one Profile: read the watch caches, [`plan`], execute the plan's writes.
+//! One reconcile of one Profile: read the watch caches, [`plan`], execute the plan's writes,
+//! report what the Profile's users should know as Events.
 
 use std::{
     collections::HashMap,
@@ -9,11 +10,14 @@ use std::{
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions},
+    Api, Client, Resource, ResourceExt,
+    api::{
+        DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, PostParams,
+        Preconditions,
+    },
     runtime::{
         controller::Action,
-        finalizer::{self, finalizer},
+        events::{Event, EventType, Recorder},
         reflector::{ObjectRef, Store},
     },
 };
@@ -21,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Error, Result,
-    plan::{self, Desired, NamespaceState},
+    plan::{self, Desired, Foreign, NamespaceState, Report},
     stats::Stats,
 };
 use crate::{
@@ -30,13 +34,15 @@ use crate::{
     model::Profile,
 };
 
-/// Finalizer that holds a Profile until what we made for it is gone.
+/// Finalizer that earlier versions put on every Profile. This version adds none (the garbage
+/// collector removes what we made, through its owner reference to the Profile) and removes it
+/// from every Profile it reconciles.
 pub const FINALIZER: &str = "tenancy-fixer.kubeflow.org/cleanup";
-/// Field manager of our server-side applies.
+/// Field manager of our writes.
 pub const FIELD_MANAGER: &str = "tenancy-fixer";
 /// Periodic resync of every profile (drift the watches missed; 0 writes when nothing changed).
 pub const RESYNC: Duration = Duration::from_secs(600);
-/// Retry while the watch caches are still filling after start, or are behind our own writes.
+/// Retry while the watch caches are still filling after start, or are behind the API server.
 const CACHE_WAIT: Duration = Duration::from_secs(1);
 /// Backoff after a failed reconcile: doubles from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
@@ -61,6 +67,20 @@ pub(super) struct Context {
     pub stats: Arc<Stats>,
     /// Consecutive failures per profile, for the error backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Publishes the reports as Events on the Profile.
+    pub recorder: Recorder,
+    /// What the last reconcile of each profile reported: a report is published when it is new,
+    /// not on every resync.
+    pub reported: Mutex<HashMap<String, Vec<Report>>>,
+}
+
+/// How a create ended, when the API server took it or said why not.
+enum Created {
+    Done,
+    /// Something else is stored under that name.
+    Foreign(Foreign),
+    /// The cache was behind (ours is there, or the other object is gone again): plan again.
+    Replan,
 }
 
 impl Context {
@@ -74,12 +94,8 @@ impl Context {
         is_ready(&self.namespaces) && self.managed.iter().all(|m| is_ready(&m.store))
     }
 
-    fn namespace_state(&self, name: &str) -> NamespaceState {
-        match self.namespaces.get(&ObjectRef::new(name)) {
-            None => NamespaceState::Missing,
-            Some(ns) if ns.metadata.deletion_timestamp.is_some() => NamespaceState::Terminating,
-            Some(_) => NamespaceState::Active,
-        }
+    fn namespace(&self, name: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+        self.namespaces.get(&ObjectRef::new(name))
     }
 
     /// Every cached object labelled for `profile`, of every watched kind.
@@ -93,93 +109,181 @@ impl Context {
             .collect()
     }
 
-    /// Makes the cluster hold `desired` for `profile`, and nothing else labelled for it.
+    fn api(
+        &self,
+        kind: ManagedKind,
+        object: &DynamicObject,
+    ) -> (Api<DynamicObject>, String, String) {
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let api = Api::namespaced_with(self.client.clone(), &namespace, &kind.api_resource());
+        (api, namespace, name)
+    }
+
+    /// Makes the cluster hold `desired` for `profile`, and nothing else of ours for it.
     async fn converge(
         &self,
-        profile: &str,
-        desired: Desired,
+        profile: &Profile,
+        mut desired: Desired,
         cause: &'static str,
     ) -> Result<Action> {
-        let stored = self.stored_for(profile);
-        let plan = plan::plan(desired.objects, &stored);
-        let (applied, deleted, unchanged, terminating) = (
-            plan.apply.len(),
+        let name = profile.name_any();
+        let stored = self.stored_for(&name);
+        let plan = plan::plan(
+            &name,
+            &self.config,
+            std::mem::take(&mut desired.objects),
+            &stored,
+        );
+        let mut reports = plan::reports(profile, &self.config, &desired, &plan);
+        let (created, updated, deleted, unchanged, terminating) = (
+            plan.create.len(),
+            plan.update.len(),
             plan.delete.len(),
             plan.unchanged,
             plan.terminating,
         );
 
         let mut first_error = None;
-        for (kind, object) in &plan.apply {
-            if let Err(error) = self.apply(*kind, object).await {
-                warn!(profile, %error, "apply failed");
-                first_error.get_or_insert(error);
+        let mut replan = false;
+        for (kind, object) in &plan.create {
+            match self.create(*kind, object, &name).await {
+                Ok(Created::Done) => {}
+                Ok(Created::Foreign(foreign)) => reports.push(Report::foreign(&foreign)),
+                Ok(Created::Replan) => replan = true,
+                Err(error) => {
+                    warn!(profile = name, %error, "create failed");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        for (kind, object) in &plan.update {
+            match self.update(*kind, object).await {
+                Ok(applied) => replan |= !applied,
+                Err(error) => {
+                    warn!(profile = name, %error, "apply failed");
+                    first_error.get_or_insert(error);
+                }
             }
         }
         for (kind, object) in &plan.delete {
             if let Err(error) = self.delete(*kind, object).await {
-                warn!(profile, %error, "delete failed");
+                warn!(profile = name, %error, "delete failed");
                 first_error.get_or_insert(error);
             }
         }
+        self.report(profile, reports).await;
         let held_back: Vec<String> = desired
             .held_back
             .iter()
             .map(|(kind, why)| format!("{kind:?}: {why:?}"))
             .collect();
         info!(
-            profile,
+            profile = name,
             cause,
-            applied,
+            created,
+            updated,
             deleted,
             unchanged,
             terminating,
+            foreign = plan.foreign.len(),
             held_back = ?held_back,
+            replan,
             failed = first_error.is_some(),
             "reconciled"
         );
         match first_error {
             Some(error) => Err(error),
+            None if replan => Ok(Action::requeue(CACHE_WAIT)),
             None => Ok(Action::requeue(RESYNC)),
         }
     }
 
-    async fn apply(&self, kind: ManagedKind, object: &DynamicObject) -> Result<()> {
-        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        let api = Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            &namespace,
-            &kind.api_resource(),
-        );
+    /// Creates `object` (POST): an object stored under its name meanwhile is never overwritten,
+    /// but judged (one GET, only on that path).
+    async fn create(
+        &self,
+        kind: ManagedKind,
+        object: &DynamicObject,
+        profile: &str,
+    ) -> Result<Created> {
+        let (api, namespace, name) = self.api(kind, object);
         self.stats.apply();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .map_err(|source| Error::Apply {
-            kind,
-            namespace,
-            name,
-            source,
-        })?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        let error = match api.create(&params, object).await {
+            Ok(_) => {
+                self.settle(kind, object, |cached| {
+                    cached.is_some_and(|c| istio::is_up_to_date(c, object))
+                })
+                .await;
+                return Ok(Created::Done);
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => status,
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind,
+                    namespace,
+                    name,
+                    source,
+                });
+            }
+        };
+        debug!(?kind, namespace, name, reason = %error.message, "already exists");
+        match api.get_opt(&name).await {
+            Ok(Some(existing)) if !plan::is_ours(kind, &existing, profile, &self.config) => {
+                Ok(Created::Foreign(Foreign::judge(kind, &existing, object)))
+            }
+            Ok(_) => Ok(Created::Replan),
+            Err(source) => Err(Error::Apply {
+                kind,
+                namespace,
+                name,
+                source,
+            }),
+        }
+    }
+
+    /// Server-side applies `object`, which carries the resourceVersion of the stored copy we
+    /// planned from: false when the object changed meanwhile (nothing written; plan again).
+    /// Forced: fields of ours someone else edited are taken back.
+    async fn update(&self, kind: ManagedKind, object: &DynamicObject) -> Result<bool> {
+        let (api, namespace, name) = self.api(kind, object);
+        self.stats.apply();
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                debug!(?kind, namespace, name, reason = %status.message, "changed since planned");
+                return Ok(false);
+            }
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind,
+                    namespace,
+                    name,
+                    source,
+                });
+            }
+        }
         self.settle(kind, object, |cached| {
             cached.is_some_and(|c| istio::is_up_to_date(c, object))
         })
         .await;
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes the object we saw (uid precondition): a namesake created since is left alone, and
     /// its watch event brings the next reconcile. Already gone counts as done.
     async fn delete(&self, kind: ManagedKind, object: &DynamicObject) -> Result<()> {
-        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        let api = Api::<DynamicObject>::namespaced_with(
-            self.client.clone(),
-            &namespace,
-            &kind.api_resource(),
-        );
+        let (api, namespace, name) = self.api(kind, object);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: object.uid(),
@@ -236,24 +340,65 @@ impl Context {
         }
     }
 
-    /// The profile exists: keep its objects (or remove them while its namespace is not active).
+    /// Logs and publishes (as Events on the Profile) the reports the previous reconcile of this
+    /// profile did not make; repeats are only logged at debug level.
+    async fn report(&self, profile: &Profile, reports: Vec<Report>) {
+        let name = profile.name_any();
+        let fresh: Vec<Report> = {
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = reported
+                .insert(name.clone(), reports.clone())
+                .unwrap_or_default();
+            reports
+                .into_iter()
+                .filter(|r| !previous.contains(r))
+                .collect()
+        };
+        let reference = profile.object_ref(&());
+        for report in fresh {
+            let Report {
+                warning,
+                reason,
+                note,
+            } = &report;
+            if *warning {
+                warn!(profile = name, reason, note, "refused");
+            } else {
+                info!(profile = name, reason, note, "reported");
+            }
+            let event = Event {
+                type_: if *warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: reason.to_string(),
+                note: Some(note.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &reference).await {
+                warn!(profile = name, reason, %error, "cannot publish the event");
+            }
+        }
+    }
+
+    /// The profile exists: keep its objects (or remove them while it may keep none).
     async fn keep(&self, profile: &Profile) -> Result<Action> {
         let name = profile.name_any();
+        let namespace = self.namespace(&name);
         let desired = plan::desired(
             profile,
             &self.config,
             &self.watched_kinds(),
-            self.namespace_state(&name),
-            self.namespace_state(&self.config.settings.kubeflow_namespace),
+            namespace.as_ref().map(|n| &n.metadata),
+            NamespaceState::of(
+                self.namespace(&self.config.settings.kubeflow_namespace)
+                    .as_ref()
+                    .map(|n| &n.metadata),
+            ),
         );
-        self.converge(&name, desired, "keep").await
-    }
-
-    /// The profile is being deleted: remove everything labelled for it.
-    async fn cleanup(&self, profile: &Profile) -> Result<Action> {
-        self.converge(&profile.name_any(), Desired::default(), "cleanup")
-            .await?;
-        Ok(Action::await_change())
+        self.converge(profile, desired, "keep").await
     }
 }
 
@@ -264,39 +409,60 @@ where
     matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
-/// Which finalizer patch `finalizer()` is about to send for `profile`, if any.
-fn finalizer_patch_due(profile: &Profile) -> bool {
-    let ours = profile.finalizers().iter().any(|f| f == FINALIZER);
-    let deleting = profile.metadata.deletion_timestamp.is_some();
-    // Not deleting and no finalizer yet: it adds one. Deleting with ours: it removes it after cleanup.
-    ours == deleting
+/// Removes [`FINALIZER`] from `profile` if it carries it: a JSON patch that first tests the
+/// entry, so a concurrent change to the finalizer list fails instead of removing someone
+/// else's entry. True when a patch was sent and accepted.
+pub(super) async fn remove_finalizer(
+    profiles: &Api<Profile>,
+    profile: &Profile,
+) -> std::result::Result<bool, kube::Error> {
+    let Some(index) = profile.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(false);
+    };
+    let path = json_patch::jsonptr::PointerBuf::from_tokens([
+        "metadata",
+        "finalizers",
+        &index.to_string(),
+    ]);
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: path.clone(),
+            value: FINALIZER.into(),
+        }),
+        json_patch::PatchOperation::Remove(json_patch::RemoveOperation { path }),
+    ]);
+    profiles
+        .patch(
+            &profile.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?;
+    Ok(true)
 }
 
 pub(super) async fn reconcile(profile: Arc<Profile>, ctx: Arc<Context>) -> Result<Action> {
     ctx.stats.reconcile();
+    let name = profile.name_any();
     if !ctx.caches_ready() {
-        debug!(profile = %profile.name_any(), "watch caches not filled yet");
+        debug!(profile = name, "watch caches not filled yet");
         return Ok(Action::requeue(CACHE_WAIT));
     }
-    let name = profile.name_any();
-    let patch_due = finalizer_patch_due(&profile);
-    let profiles: Api<Profile> = Api::all(ctx.client.clone());
-    let result = finalizer(&profiles, FINALIZER, profile, |event| async {
-        match event {
-            finalizer::Event::Apply(p) => ctx.keep(&p).await,
-            finalizer::Event::Cleanup(p) => ctx.cleanup(&p).await,
-        }
-    })
-    .await;
-    let patch_sent = match &result {
-        Ok(_) => patch_due,
-        Err(finalizer::Error::AddFinalizer(_) | finalizer::Error::RemoveFinalizer(_)) => true,
-        Err(_) => false,
-    };
-    if patch_sent {
+    if profile.finalizers().iter().any(|f| f == FINALIZER) {
         ctx.stats.finalizer_patch();
+        let removed = remove_finalizer(&Api::all(ctx.client.clone()), &profile).await;
+        if let Some(action) = settle_finalizer_removal(removed, &name)? {
+            return Ok(action);
+        }
     }
-    let result = settle_refused_patch(result, &name);
+    let result = if profile.metadata.deletion_timestamp.is_some() {
+        // Held by someone else's finalizer: what we made goes now (the garbage collector would
+        // only take it once the Profile is gone).
+        ctx.converge(&profile, Desired::default(), "profile deleting")
+            .await
+    } else {
+        ctx.keep(&profile).await
+    };
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -306,35 +472,33 @@ pub(super) async fn reconcile(profile: Arc<Profile>, ctx: Arc<Context>) -> Resul
     result
 }
 
-/// The reconcile's outcome. A finalizer patch the API server refused for a reason that is no
-/// failure of ours becomes the action to take instead.
-fn settle_refused_patch(
-    result: std::result::Result<Action, finalizer::Error<Error>>,
+/// The outcome of removing an earlier version's finalizer: carry on (`None`), stop with an action
+/// (the request was refused for a reason that is no failure of ours), or fail.
+fn settle_finalizer_removal(
+    removed: std::result::Result<bool, kube::Error>,
     name: &str,
-) -> Result<Action> {
-    let result = match result {
-        // A reconcile queued by cleanup's own deletes can run on the cached Profile after the
-        // first one released the finalizer and the Profile vanished: nothing left to do.
-        Err(
-            finalizer::Error::AddFinalizer(kube::Error::Api(s))
-            | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
-        ) if s.is_not_found() => {
+) -> Result<Option<Action>> {
+    match removed {
+        Ok(_) => {
+            info!(profile = %name, finalizer = FINALIZER, "removed an earlier version's finalizer");
+            Ok(None)
+        }
+        // The profile went meanwhile: nothing left to do.
+        Err(kube::Error::Api(s)) if s.is_not_found() => {
             debug!(profile = %name, "profile already gone");
-            Ok(Action::await_change())
+            Ok(Some(Action::await_change()))
         }
         // The patch's `test` of the finalizer list failed: the cached Profile is older than the
-        // server's (a reconcile ran before the watch brought our own finalizer patch). Not a
-        // failure: look again once the cache has caught up.
-        Err(
-            finalizer::Error::AddFinalizer(kube::Error::Api(s))
-            | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
-        ) if s.is_invalid() => {
+        // server's. Not a failure: look again once the cache has caught up.
+        Err(kube::Error::Api(s)) if s.is_invalid() => {
             debug!(profile = %name, "cached profile is stale");
-            Ok(Action::requeue(CACHE_WAIT))
+            Ok(Some(Action::requeue(CACHE_WAIT)))
         }
-        other => other,
-    };
-    result.map_err(|e| Error::Finalizer(Box::new(e)))
+        Err(source) => Err(Error::ReleaseFinalizer {
+            name: name.to_string(),
+            source,
+        }),
+    }
 }
 
 pub(super) fn error_policy(profile: Arc<Profile>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -359,10 +523,7 @@ fn retry_delay(failures: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
     use super::*;
-    use crate::model::ProfileSpec;
 
     #[test]
     fn retry_delay_doubles_up_to_five_minutes() {
@@ -374,42 +535,21 @@ mod tests {
     }
 
     #[test]
-    fn refused_finalizer_patches_that_are_no_failure() {
+    fn refused_finalizer_removals_that_are_no_failure() {
         let status = |code: u16, reason: &str| {
-            kube::Error::Api(
+            Err(kube::Error::Api(
                 kube::core::Status::failure("refused", reason)
                     .with_code(code)
                     .boxed(),
-            )
+            ))
         };
-        let adding = |code, reason| finalizer::Error::AddFinalizer(status(code, reason));
-        let gone = settle_refused_patch(Err(adding(404, "NotFound")), "alice").unwrap();
-        assert_eq!(gone, Action::await_change());
-        let stale = settle_refused_patch(Err(adding(422, "Invalid")), "alice").unwrap();
-        assert_eq!(stale, Action::requeue(CACHE_WAIT));
-        let releasing = Err(finalizer::Error::RemoveFinalizer(status(422, "Invalid")));
-        assert_eq!(
-            settle_refused_patch(releasing, "alice").unwrap(),
-            Action::requeue(CACHE_WAIT)
-        );
-        assert!(settle_refused_patch(Err(adding(500, "InternalError")), "alice").is_err());
-        assert!(settle_refused_patch(Err(adding(403, "Forbidden")), "alice").is_err());
-        let done = settle_refused_patch(Ok(Action::requeue(RESYNC)), "alice").unwrap();
-        assert_eq!(done, Action::requeue(RESYNC));
-    }
-
-    #[test]
-    fn finalizer_patch_is_due_when_adding_or_releasing() {
-        let mut p = Profile::new("alice", ProfileSpec::default());
-        assert!(finalizer_patch_due(&p), "first sight adds the finalizer");
-        p.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        assert!(!finalizer_patch_due(&p), "steady state");
-        p.metadata.deletion_timestamp = Some(Time(Default::default()));
-        assert!(finalizer_patch_due(&p), "deletion releases it");
-        p.metadata.finalizers = Some(vec!["other".into()]);
-        assert!(
-            !finalizer_patch_due(&p),
-            "deleting without ours: nothing to do"
-        );
+        assert_eq!(settle_finalizer_removal(Ok(true), "alice").unwrap(), None);
+        assert_eq!(settle_finalizer_removal(Ok(false), "alice").unwrap(), None);
+        let gone = settle_finalizer_removal(status(404, "NotFound"), "alice").unwrap();
+        assert_eq!(gone, Some(Action::await_change()));
+        let stale = settle_finalizer_removal(status(422, "Invalid"), "alice").unwrap();
+        assert_eq!(stale, Some(Action::requeue(CACHE_WAIT)));
+        assert!(settle_finalizer_removal(status(500, "InternalError"), "alice").is_err());
+        assert!(settle_finalizer_removal(status(403, "Forbidden"), "alice").is_err());
     }
 }

@@ -26,11 +26,11 @@ pub struct StatsSnapshot {
     pub reconciles: u64,
     /// Reconciles that returned an error (the profile is retried with backoff).
     pub failed_reconciles: u64,
-    /// Server-side apply requests.
+    /// Create (POST) and server-side apply requests.
     pub applies: u64,
     /// Delete requests.
     pub deletes: u64,
-    /// JSON patches adding or removing our finalizer on a Profile.
+    /// JSON patches removing an earlier version's finalizer from a Profile.
     pub finalizer_patches: u64,
 }
 

@@ -108,6 +108,21 @@ pub fn profile_manifest(name: &str, owner: &str) -> Value {
     })
 }
 
+/// Creates the Profile, then its namespace the way the Kubeflow profile-controller makes it.
+/// Returns the stored Profile.
+pub async fn create_profile(client: &Client, name: &str, owner: &str) -> Value {
+    let profile = create(client, None, &profile_manifest(name, owner)).await;
+    create_profile_namespace(client, &profile).await;
+    profile
+}
+
+/// The namespace of the stored `profile` as the Kubeflow profile-controller makes it.
+pub async fn create_profile_namespace(client: &Client, profile: &Value) {
+    tenancy_fixer::local::ensure_profile_namespace(client, profile)
+        .await
+        .unwrap();
+}
+
 /// Waits until every wanted object for `profile` is stored as the builders make it, and
 /// returns them.
 pub async fn converged(client: &Client, name: &str, config: &Config) -> Vec<DynamicObject> {
@@ -137,8 +152,7 @@ pub async fn gone(api: &Api<DynamicObject>, name: &str, what: &str) {
 /// Behaviour 1: objects follow the profile, its owner, its namespace; drift is repaired.
 pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, name: &str) {
     let (client, config) = setup(scenario).await;
-    ensure_namespace(&client, name).await;
-    create(&client, None, &profile_manifest(name, "first@example.com")).await;
+    create_profile(&client, name, "first@example.com").await;
 
     let stored = converged(&client, name, &config).await;
     for object in &stored {
@@ -153,8 +167,11 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
                 json!({"key": "kubeflow-userid", "value": "first@example.com"})
             ),
             "AuthorizationPolicy" => assert_eq!(
-                spec["rules"][0]["from"][0]["source"]["principals"],
-                json!([format!("cluster.local/ns/{name}/sa/default-editor")])
+                spec["rules"],
+                json!([{
+                    "from": [{"source": {"principals": [format!("cluster.local/ns/{name}/sa/default-editor")]}}],
+                    "when": [{"key": "request.headers[kubeflow-userid]", "values": ["first@example.com"]}],
+                }])
             ),
             "ServiceRoleBinding" => {
                 assert_eq!(
@@ -257,7 +274,8 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
     .await;
 
     // It comes back: so do the objects.
-    ensure_namespace(&client, name).await;
+    let profile = serde_json::to_value(profiles.get(name).await.unwrap()).unwrap();
+    create_profile_namespace(&client, &profile).await;
     converged(&client, name, &config).await;
 
     // Profile goes: everything goes, and the profile is not held by us.
