@@ -40,29 +40,9 @@ async fn config(client: &Client) -> Config {
     Settings::from_yaml(SETTINGS, "t").unwrap().resolve(&caps)
 }
 
-/// A Profile and its namespace, made the way Kubeflow's profile-controller makes them (the
-/// Profile is the namespace's controller owner).
+/// A Profile and its namespace, made the way Kubeflow's profile-controller makes them.
 async fn profile_with_namespace(client: &Client, name: &str) {
-    let profile = create(
-        client,
-        None,
-        &profile_manifest(name, &format!("{name}@example.com")),
-    )
-    .await;
-    let namespace = json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {
-            "name": name,
-            "labels": {"app.kubernetes.io/part-of": "kubeflow-profile"},
-            "annotations": {"owner": format!("{name}@example.com")},
-            "ownerReferences": [{
-                "apiVersion": "kubeflow.org/v1", "kind": "Profile", "name": name,
-                "uid": profile["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
-            }],
-        },
-    });
-    create(client, None, &namespace).await;
+    create_profile(client, name, &format!("{name}@example.com")).await;
 }
 
 /// A user's own EnvoyFilter in the namespace: it must never be touched.
