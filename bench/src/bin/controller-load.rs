@@ -4,10 +4,10 @@
 //!    child process of this binary (`controller-load child`, which runs
 //!    `tenancy_fixer::controller::run_with_stats` exactly as `serve` does after discovery, and
 //!    prints its counters as JSON lines), so its RSS and CPU are the controller's own.
-//! 2. Creates N Namespaces + N Profiles at once from this process (concurrent requests over a
-//!    pool of connections) and measures the time until every profile's objects exist and
-//!    carry our finalizer (seen through watches), the API writes per profile, and the
-//!    controller's RSS and CPU.
+//! 2. Creates N Profiles and their namespaces (the Profile the namespace's controller owner, as
+//!    the profile-controller makes them) at once from this process (concurrent requests over a
+//!    pool of connections) and measures the time until every profile's objects exist (seen
+//!    through watches), the API writes per profile, and the controller's RSS and CPU.
 //! 3. Restarts the controller with nothing changed: the new one reconciles every profile once
 //!    its caches are filled (what a periodic resync does too) and must write nothing.
 //!
@@ -28,7 +28,6 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, ResourceExt,
     api::{DynamicObject, PostParams},
@@ -250,11 +249,10 @@ impl Drop for ControllerProcess {
 // ---------------------------------------------------------------------------------------------
 // Watching convergence from the benchmark's side
 
-/// Names seen through watches: managed objects per kind, profiles carrying our finalizer.
+/// Names seen through watches: managed objects per kind.
 #[derive(Default)]
 struct Seen {
     objects: Mutex<HashSet<(String, String, String)>>,
-    finalized: Mutex<HashSet<String>>,
 }
 
 fn watch_converged(
@@ -284,20 +282,6 @@ fn watch_converged(
             }
         }));
     }
-    let profiles = Api::<Profile>::all(client.clone());
-    tasks.push(tokio::spawn(async move {
-        let mut events = watcher(profiles, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(event) = events.next().await {
-            if let Ok(p) = event
-                && p.finalizers().iter().any(|f| f == controller::FINALIZER)
-            {
-                seen.finalized.lock().unwrap().insert(p.name_any());
-            }
-        }
-    }));
     tasks
 }
 
@@ -311,7 +295,7 @@ struct Converge {
     /// From the first create request to the last create answered (the benchmark's client).
     create_seconds: f64,
     create_requests_per_second: f64,
-    /// From the first create request until every object exists and every profile has our finalizer.
+    /// From the first create request until every object exists.
     converged_seconds: f64,
     converged: bool,
     stats: StatsSnapshot,
@@ -426,25 +410,31 @@ fn print_report(r: &Report) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// Each Profile, then its namespace the way the profile-controller makes it (the controller
+/// acts only on namespaces their Profile controls).
 async fn create_all(client: &Client, n: usize, concurrency: usize) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     let profiles: Api<Profile> = Api::all(client.clone());
     let pp = PostParams::default();
     futures::stream::iter(0..n)
         .map(|i| {
-            let (namespaces, profiles, pp) = (namespaces.clone(), profiles.clone(), pp.clone());
+            let (profiles, pp) = (profiles.clone(), pp.clone());
             async move {
                 let name = format!("user-{i:04}");
-                let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
                 let profile: Profile = serde_json::from_value(json!({
                     "apiVersion": "kubeflow.org/v1", "kind": "Profile",
                     "metadata": {"name": name},
                     "spec": {"owner": {"kind": "User", "name": format!("{name}@example.com")}},
                 }))?;
-                let (a, b) =
-                    futures::join!(namespaces.create(&pp, &ns), profiles.create(&pp, &profile));
-                a.with_context(|| format!("create namespace {name}"))?;
-                b.with_context(|| format!("create profile {name}"))?;
+                let stored = profiles
+                    .create(&pp, &profile)
+                    .await
+                    .with_context(|| format!("create profile {name}"))?;
+                tenancy_fixer::local::ensure_profile_namespace(
+                    client,
+                    &serde_json::to_value(&stored)?,
+                )
+                .await
+                .with_context(|| format!("create namespace {name}"))?;
                 anyhow::Ok(())
             }
         })
@@ -531,14 +521,13 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     while Instant::now() < deadline {
         first.check_alive(&log1)?;
         let objects = seen.objects.lock().unwrap().len();
-        let finalized = seen.finalized.lock().unwrap().len();
-        if objects >= expected_objects && finalized >= n {
+        if objects >= expected_objects {
             converged_at = Some(Instant::now());
             break;
         }
         if last_print.elapsed() > Duration::from_secs(5) {
             eprintln!(
-                "  {:.0} s: {objects}/{expected_objects} objects, {finalized}/{n} finalizers",
+                "  {:.0} s: {objects}/{expected_objects} objects",
                 t0.elapsed().as_secs_f64()
             );
             last_print = Instant::now();
