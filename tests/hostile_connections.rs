@@ -335,8 +335,13 @@ async fn stalled_bodies(server: &Server) {
         attackers.join_all().await
     })
     .await;
-    let latest = latest_close("stalled bodies", TIMEOUT_SECONDS, closes);
     let peak = server.peak_rss_kib();
+    let still_open = closes.iter().filter(|c| c.is_none()).count();
+    eprintln!(
+        "stalled bodies: peak RSS {:.1} MiB, {still_open} still open",
+        mib(peak)
+    );
+    let latest = latest_close("stalled bodies", TIMEOUT_SECONDS, closes);
     eprintln!(
         "stalled bodies: peak RSS {:.1} MiB, all {CONNECTIONS} closed, the last {latest:?} after its headers",
         mib(peak)
@@ -379,8 +384,13 @@ async fn slowloris(server: &Server) {
         attackers.join_all().await
     })
     .await;
-    let latest = latest_close("slowloris", TIMEOUT_SECONDS, closes);
     let peak = server.peak_rss_kib();
+    let still_open = closes.iter().filter(|c| c.is_none()).count();
+    eprintln!(
+        "slowloris: peak RSS {:.1} MiB, {still_open} still open",
+        mib(peak)
+    );
+    let latest = latest_close("slowloris", TIMEOUT_SECONDS, closes);
     eprintln!(
         "slowloris: peak RSS {:.1} MiB, all {CONNECTIONS} closed, the last {latest:?} after its handshake",
         mib(peak)
