@@ -161,6 +161,8 @@ pub struct ServeArgs {
     /// This replica's identity in the Lease, unique among replicas (default: env POD_NAME, else the hostname).
     #[arg(long, value_name = "ID", env = "TENANCY_FIXER_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
+    #[command(flatten)]
+    pub limits: webhook::Limits,
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +366,7 @@ impl ServeArgs {
             lease_namespace,
             lease_name,
             lease_identity,
+            limits,
         } = self;
         let election = leader_elect.then(|| {
             leader_election(
@@ -406,7 +409,7 @@ impl ServeArgs {
                 }
             }
         };
-        let server = webhook::serve(listen, tls, config.clone(), shutdown);
+        let server = webhook::serve(listen, tls, config.clone(), limits, shutdown);
 
         let Some(client) = client else {
             return Ok(server.await?);
@@ -698,18 +701,28 @@ fn input(message: String) -> CliError {
     CliError::Input(message.replace('\n', " "))
 }
 
-/// The file's text and how to name it in messages.
+/// The file's text and how to name it in messages. At most [`webhook::BODY_LIMIT`] bytes are
+/// read (the largest AdmissionReview the webhook accepts), so `-f /dev/zero` ends.
 fn read_input(path: &Path) -> Result<(String, String)> {
-    if path == Path::new("-") {
-        let mut text = String::new();
-        io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| input(format!("cannot read stdin: {e}")))?;
-        return Ok((text, "stdin".into()));
+    let (reader, shown): (Box<dyn Read>, String) = if path == Path::new("-") {
+        (Box::new(io::stdin().lock()), "stdin".into())
+    } else {
+        let shown = path.display().to_string();
+        let file =
+            std::fs::File::open(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
+        (Box::new(file), shown)
+    };
+    let mut text = String::new();
+    reader
+        .take(webhook::BODY_LIMIT as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| input(format!("cannot read {shown}: {e}")))?;
+    if text.len() > webhook::BODY_LIMIT {
+        return Err(input(format!(
+            "{shown}: larger than {} bytes, the largest AdmissionReview the webhook accepts",
+            webhook::BODY_LIMIT
+        )));
     }
-    let shown = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| input(format!("cannot read {shown}: {e}")))?;
     Ok((text, shown))
 }
 
@@ -990,6 +1003,15 @@ mod tests {
             assert!(error.starts_with("f.yaml: invalid"), "{error}");
             assert!(!error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn input_is_read_up_to_the_largest_review() {
+        let error = read_input(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            error.starts_with("/dev/zero: larger than 19922944 bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         listener,
         TlsFiles::new(&tls.cert, &tls.key),
         config.clone(),
+        webhook::Limits::default(),
         {
             let stop = stop.clone();
             async move { stop.notified().await }

@@ -11,7 +11,7 @@ use common::{HttpsClient, Reply, TestTls, config, fixture};
 use serde_json::{Value, json};
 use tenancy_fixer::{
     config::Config,
-    webhook::{self, TlsFiles, WebhookError},
+    webhook::{self, Limits, TlsFiles, WebhookError},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -35,9 +35,15 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let files = TlsFiles::new(&tls.cert, &tls.key);
-        let task = tokio::spawn(webhook::serve_listener(listener, files, config, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(webhook::serve_listener(
+            listener,
+            files,
+            config,
+            Limits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let client = tls.client();
         Self {
             addr,
@@ -635,9 +641,15 @@ async fn missing_certificate_is_a_typed_error() {
     common::install_crypto_provider();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let files = TlsFiles::new("/nonexistent/tls.crt", "/nonexistent/tls.key");
-    let error = webhook::serve_listener(listener, files, config(""), std::future::pending())
-        .await
-        .unwrap_err();
+    let error = webhook::serve_listener(
+        listener,
+        files,
+        config(""),
+        Limits::default(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error, WebhookError::Tls { .. }), "{error:?}");
     assert!(
         error.to_string().contains("/nonexistent/tls.crt"),
@@ -651,6 +663,7 @@ async fn missing_certificate_is_a_typed_error() {
         addr,
         TlsFiles::new(&tls.cert, &tls.key),
         config(""),
+        Limits::default(),
         std::future::pending(),
     )
     .await

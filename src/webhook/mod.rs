@@ -3,15 +3,16 @@
 //! Every `/mutate*` route answers through [`admission::review`], which dispatches on the
 //! request's kind (a kind we do not handle is allowed without a patch). Only a body that is not
 //! an AdmissionReview at all gets HTTP 400, with the reason as one line of plain text. The
-//! handler does no I/O besides the log line: the review is synchronous CPU work of a few
-//! microseconds, so it runs inline on the runtime.
+//! handler does no I/O besides the log line. What a client can make the server hold is bounded
+//! by [`Limits`] (see [`limits`]); HTTP/1.1 only, as the API server calls webhooks.
 
-use std::{future::Future, io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    fmt::Display, future::Future, io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+};
 
 use axum::{
     Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -23,12 +24,12 @@ use crate::{
     config::Config,
 };
 
+pub mod limits;
 pub mod tls;
 
-pub use tls::TlsFiles;
+pub use limits::{BODY_LIMIT, Limits};
+pub use tls::{TlsError, TlsFiles};
 
-/// Largest request body accepted (the API server caps objects at 3 MiB; reviews carry two).
-pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// How long open requests may take to finish once shutdown has begun.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -48,7 +49,7 @@ pub enum WebhookError {
         cert: PathBuf,
         key: PathBuf,
         #[source]
-        source: io::Error,
+        source: TlsError,
     },
     #[error("webhook server failed: {0}")]
     Serve(#[source] io::Error),
@@ -56,9 +57,15 @@ pub enum WebhookError {
 
 pub type Result<T, E = WebhookError> = std::result::Result<T, E>;
 
+/// What every request handler shares.
+struct Shared {
+    config: Arc<Config>,
+    bodies: limits::BodyReader,
+}
+
 /// The webhook's routes: `POST /mutate`, `/mutate/pods`, `/mutate/jobs`, `/mutate/trials`,
 /// and `GET /healthz`, `/readyz`.
-pub fn router(config: Arc<Config>) -> Router {
+pub fn router(config: Arc<Config>, limits: &Limits) -> Router {
     let mut router = Router::new();
     for path in MUTATE_PATHS {
         router = router.route(path, post(mutate));
@@ -66,32 +73,55 @@ pub fn router(config: Arc<Config>) -> Router {
     router
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(config)
+        .with_state(Arc::new(Shared {
+            config,
+            bodies: limits::BodyReader::new(limits),
+        }))
 }
 
 async fn ok() -> &'static str {
     "ok"
 }
 
-async fn mutate(State(config): State<Arc<Config>>, body: Bytes) -> Response {
-    match admission::review(&body, &config) {
+async fn mutate(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let body = match shared.bodies.read(request).await {
+        Ok(body) => body,
+        Err(error) => return refusal(error.status(), error, None),
+    };
+    let bytes = body.len();
+    let reviewed = if bytes <= limits::INLINE_REVIEW {
+        admission::review(&body, &shared.config)
+    } else {
+        // A large body takes milliseconds to parse: off the runtime's workers. The body (and
+        // its share of the budget) lives until the review is done.
+        let config = shared.config.clone();
+        match tokio::task::spawn_blocking(move || admission::review(&body, &config)).await {
+            Ok(reviewed) => reviewed,
+            Err(error) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, error, Some(bytes)),
+        }
+    };
+    match reviewed {
         Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
         Err(error) => {
             let status = match error {
                 AdmissionError::Serialize(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             };
-            tracing::warn!(%error, status = status.as_u16(), bytes = body.len(), "rejected webhook request");
-            let reason = error.to_string().replace('\n', " ");
-            (
-                status,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                format!("{reason}\n"),
-            )
-                .into_response()
+            refusal(status, error, Some(bytes))
         }
     }
+}
+
+/// An answer that is not a review: the reason as one line of text, logged.
+fn refusal(status: StatusCode, error: impl Display, bytes: Option<usize>) -> Response {
+    tracing::warn!(%error, status = status.as_u16(), bytes, "rejected webhook request");
+    let reason = error.to_string().replace('\n', " ");
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
 }
 
 /// Read buffer in front of rustls on each connection. rustls reads at most 4 KiB per call, so
@@ -100,34 +130,63 @@ async fn mutate(State(config): State<Arc<Config>>, body: Bytes) -> Response {
 /// webhook (bench/README.md): 37 -> 24 µs of server CPU per 10 KB review.
 pub const READ_BUFFER: usize = 32 * 1024;
 
-/// The transport under TLS: `TCP_NODELAY` (answers leave at once) and [`READ_BUFFER`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TransportAcceptor;
+/// The transport under TLS: a slot of the connection cap (no slot: the connection is closed
+/// at once), `TCP_NODELAY` (answers leave at once) and [`READ_BUFFER`].
+#[derive(Clone, Debug)]
+pub struct TransportAcceptor {
+    slots: Arc<limits::ConnectionSlots>,
+}
+
+impl TransportAcceptor {
+    pub fn new(max_connections: u32) -> Self {
+        Self {
+            slots: Arc::new(limits::ConnectionSlots::new(max_connections)),
+        }
+    }
+}
 
 impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for TransportAcceptor {
-    type Stream = tokio::io::BufReader<tokio::net::TcpStream>;
+    type Stream = limits::Slotted<tokio::io::BufReader<tokio::net::TcpStream>>;
     type Service = S;
     type Future = std::future::Ready<io::Result<(Self::Stream, S)>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let Some(slot) = self.slots.take() else {
+            // Dropping the stream closes the connection.
+            return std::future::ready(Err(io::Error::other("connection limit reached")));
+        };
         let _ = stream.set_nodelay(true);
-        std::future::ready(Ok((
-            tokio::io::BufReader::with_capacity(READ_BUFFER, stream),
-            service,
-        )))
+        let buffered = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
+        std::future::ready(Ok((limits::Slotted::new(buffered, slot), service)))
     }
 }
 
-/// The HTTPS server on `listener`: rustls over [`TransportAcceptor`]. The benchmark's
-/// reference webhook serves through this too, so the two differ only in their handlers.
+/// The HTTPS server on `listener` within `limits`: rustls over [`TransportAcceptor`], HTTP/1.1
+/// with hyper's header read timeout (which also ends idle keep-alive connections) and
+/// [`limits::HEADER_BUFFER`]. The benchmark's reference webhook serves through this too, so
+/// the two differ only in their handlers.
 pub fn https_server(
     listener: std::net::TcpListener,
     rustls: axum_server::tls_rustls::RustlsConfig,
+    limits: &Limits,
 ) -> io::Result<
     axum_server::Server<SocketAddr, axum_server::tls_rustls::RustlsAcceptor<TransportAcceptor>>,
 > {
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(TransportAcceptor);
-    Ok(axum_server::from_tcp(listener)?.acceptor(acceptor))
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+        .handshake_timeout(limits.tls_handshake())
+        .acceptor(TransportAcceptor::new(limits.max_connections));
+    // The API server calls webhooks over HTTP/1.1 (k8s.io/apiserver pkg/util/webhook: HTTP/2
+    // would not spread its requests over replicas); serving only that keeps HTTP/2's per-stream
+    // buffers out of the bounds.
+    let mut server = axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
+        .http1_only();
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(limits.header_read())
+        .max_buf_size(limits::HEADER_BUFFER);
+    Ok(server)
 }
 
 /// Binds `addr` and serves the webhook over TLS until `shutdown` completes, then stops
@@ -137,11 +196,12 @@ pub async fn serve(
     addr: SocketAddr,
     tls: TlsFiles,
     config: Arc<Config>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|source| WebhookError::Bind { addr, source })?;
-    serve_listener(listener, tls, config, shutdown).await
+    serve_listener(listener, tls, config, limits, shutdown).await
 }
 
 /// Like [`serve`], on a listener bound by the caller (e.g. to port 0, reading the port first).
@@ -150,14 +210,16 @@ pub async fn serve_listener(
     listener: std::net::TcpListener,
     tls: TlsFiles,
     config: Arc<Config>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let rustls = tls.load().await?;
     let local = listener.local_addr().map_err(WebhookError::Serve)?;
-    let server = https_server(listener, rustls.clone()).map_err(|source| WebhookError::Bind {
-        addr: local,
-        source,
-    })?;
+    let server =
+        https_server(listener, rustls.clone(), &limits).map_err(|source| WebhookError::Bind {
+            addr: local,
+            source,
+        })?;
 
     let handle = Handle::new();
     let stopper = tokio::spawn({
@@ -177,7 +239,7 @@ pub async fn serve_listener(
     tracing::info!("listening on https://{local}");
     let result = server
         .handle(handle)
-        .serve(router(config).into_make_service())
+        .serve(router(config, &limits).into_make_service())
         .await;
     stopper.abort();
     reloader.abort();

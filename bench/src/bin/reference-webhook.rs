@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
                 .await?;
         let listener = std::net::TcpListener::bind(args.listen)?;
         let local = listener.local_addr()?;
-        let server = tenancy_fixer::webhook::https_server(listener, tls)?;
+        let server = tenancy_fixer::webhook::https_server(listener, tls, &Default::default())?;
         let mut router = Router::new();
         for path in tenancy_fixer::webhook::MUTATE_PATHS {
             router = router.route(path, post(mutate));
