@@ -165,9 +165,6 @@ def main():
     c.must("PUT", "/apis/kubeflow.org/v1/profiles/alice/status",
            dict(p, apiVersion="kubeflow.org/v1", status={"conditions": [{"type": "Ready"}]}))
     log("profile created, served as v1 and v1beta1, status subresource works")
-    c.must("POST", "/apis/kubeflow.org/v1beta1/namespaces/smoke/trials", {
-        "apiVersion": "kubeflow.org/v1beta1", "kind": "Trial", "metadata": {"name": "t1"}, "spec": {"x": 1}})
-    c.must("GET", "/apis/kubeflow.org/v1alpha3/namespaces/smoke/trials/t1")
 
     if args.no_controllers:
         # control: without the garbage collector the dependent must stay
