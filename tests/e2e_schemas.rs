@@ -27,10 +27,12 @@ use tenancy_fixer::{
 const PROFILE: &str = "schema-alice";
 
 /// Current Kubeflow, Katib and Istio: header mode with an AuthorizationPolicy (and the trial
-/// wrapper that waits for readiness), then token mode with a PodDefault.
+/// wrapper that waits for readiness), then token mode with a PodDefault. The trial workload
+/// kinds' CRDs are served beside them (the API server must accept every upstream file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_objects_pass_the_upstream_schemas() {
-    let plane = start_control_plane(MODERN_CRDS);
+    let workload_sets = ["katib", "training-operator", "trainer", "jobset"];
+    let plane = start_control_plane(&[MODERN_CRDS, &workload_sets].concat());
     let client = plane.client().await;
     let header = config(
         &client,

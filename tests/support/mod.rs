@@ -48,8 +48,9 @@ pub fn control_plane(crds: &[&str]) -> &'static ControlPlane {
 }
 
 /// Builds testenv and lays out the CRDs if needed (both no-ops when fresh), then starts a control
-/// plane serving exactly the CRDs named: `<set>/<CRD name>` under target/crds, the upstream sets
-/// of testenv/crds.lock and the hand-written ones of deploy/crds (e.g. `istio/envoyfilters.networking.istio.io`).
+/// plane serving exactly the CRDs named, from target/crds (the upstream sets of testenv/crds.lock
+/// and the hand-written ones of deploy/crds): `<set>/<CRD name>`, e.g.
+/// `istio/envoyfilters.networking.istio.io`, or a whole `<set>`, e.g. `training-operator`.
 pub fn start_control_plane(crds: &[&str]) -> ControlPlane {
     let _ = rustls::crypto::ring::default_provider().install_default();
     for script in ["testenv/build.sh", "testenv/crds.sh"] {
@@ -63,7 +64,15 @@ pub fn start_control_plane(crds: &[&str]) -> ControlPlane {
     let crd_dir = dir.join("crds");
     let sources: Vec<PathBuf> = crds
         .iter()
-        .map(|crd| repo_root().join("target/crds").join(format!("{crd}.yaml")))
+        .map(|crd| {
+            let crds = repo_root().join("target/crds");
+            let set = crds.join(crd);
+            if set.is_dir() {
+                set
+            } else {
+                crds.join(format!("{crd}.yaml"))
+            }
+        })
         .collect();
     tenancy_fixer::local::gather_crds(&sources, &crd_dir).unwrap_or_else(|e| panic!("CRD {e}"));
     let testenv = Testenv::start(
