@@ -27,10 +27,11 @@ if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
 fi
 mkdir -p "$root/target" "$GOMODCACHE"
 
-# Everything the result depends on, as one fingerprint.
+# Everything the result depends on (this script too), as one fingerprint.
 fingerprint() {
-  { cat "$lock"; find "$root/deploy/crds" -name '*.yaml' -type f | LC_ALL=C sort | xargs sha256sum; } |
-    sha256sum | cut -d' ' -f1
+  { cat "$lock" "$here/crds.sh"
+    find "$root/deploy/crds" -name '*.yaml' -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -d' ' -f1
 }
 
 # The directory of module@version in the module cache (downloaded if missing).
