@@ -106,11 +106,12 @@ pub struct DemoArgs {
         env = "TENANCY_FIXER_TESTENV"
     )]
     pub testenv: PathBuf,
-    /// Directory of CRDs testenv serves; repeat to add more (deploy/crds/legacy-istio for Istio < 1.6).
+    /// CRD file or directory testenv serves; repeat to add more. `testenv/crds.sh` puts the
+    /// upstream sets under target/crds (target/crds/istio-1.5 for the legacy Istio < 1.6 recipe).
     #[arg(
         long,
         value_name = "DIR",
-        default_value = "deploy/crds",
+        default_value = "target/crds/kubeflow,target/crds/katib,target/crds/istio",
         env = "TENANCY_FIXER_CRDS",
         value_delimiter = ','
     )]

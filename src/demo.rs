@@ -49,7 +49,7 @@ pub struct DemoOptions {
     pub kubeconfig: Option<PathBuf>,
     /// The testenv binary (built by `testenv/build.sh`).
     pub testenv: PathBuf,
-    /// Directories of CRDs testenv serves (their `*.yaml` files).
+    /// CRD files, or directories of them (their `*.yaml` files), testenv serves.
     pub crds: Vec<PathBuf>,
     pub settings: Settings,
 }
@@ -78,7 +78,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             (None, local::client_from_kubeconfig(path).await?)
         }
         None => {
-            let crd_dir = gather_crds(&crds, &work.join("crds"))?;
+            let crd_dir = work.join("crds");
+            local::gather_crds(&crds, &crd_dir)?;
             let started = Instant::now();
             let testenv = Testenv::start(
                 &testenv,
@@ -138,24 +139,6 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&work);
     outcome
-}
-
-/// Copies the CRD files of every directory into one, for testenv.
-fn gather_crds(dirs: &[PathBuf], into: &std::path::Path) -> Result<PathBuf> {
-    let fail = |path: &std::path::Path, e: std::io::Error| {
-        DemoError::Setup(format!("{}: {e}", path.display()))
-    };
-    std::fs::create_dir_all(into).map_err(|e| fail(into, e))?;
-    for dir in dirs {
-        for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e))? {
-            let path = entry.map_err(|e| fail(dir, e))?.path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                let target = into.join(path.file_name().unwrap_or_default());
-                std::fs::copy(&path, target).map_err(|e| fail(&path, e))?;
-            }
-        }
-    }
-    Ok(into.to_path_buf())
 }
 
 async fn narrate(client: &Client, config: &Config) -> Result<()> {

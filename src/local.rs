@@ -162,6 +162,36 @@ pub fn wait_for_line(
     rx.recv_timeout(timeout).ok()
 }
 
+/// Copies CRD files into `into`, one directory testenv's `--crds` reads: each source is a
+/// `.yaml` file or a directory whose `.yaml` files are all taken (`testenv/crds.sh` lays out
+/// the upstream and hand-written CRDs as `target/crds/<set>/<CRD name>.yaml`).
+pub fn gather_crds(sources: &[PathBuf], into: &Path) -> Result<()> {
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LocalError::File { path, source }
+    };
+    std::fs::create_dir_all(into).map_err(fail(into))?;
+    for source in sources {
+        let files = if source.is_dir() {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(source).map_err(fail(source))? {
+                let path = entry.map_err(fail(source))?.path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    files.push(path);
+                }
+            }
+            files
+        } else {
+            vec![source.clone()]
+        };
+        for file in files {
+            let target = into.join(file.file_name().unwrap_or_default());
+            std::fs::copy(&file, target).map_err(fail(&file))?;
+        }
+    }
+    Ok(())
+}
+
 /// A CA and a serving certificate for 127.0.0.1/localhost, written as PEM files.
 pub struct WebhookTls {
     pub ca_pem: String,

@@ -46,7 +46,6 @@ import (
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	kcmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
-	"sigs.k8s.io/yaml"
 )
 
 const defaultControllers = "garbage-collector-controller,namespace-controller"
@@ -415,7 +414,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // applyCRDs creates every CRD in dir (*.yaml, *.yml, *.json; one document per
-// "---"-separated section) and waits until each is Established and listable.
+// "---"-separated section; apiextensions.k8s.io/v1, or v1beta1 converted by
+// decodeCRD) and waits until each is Established and listable.
 func applyCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -447,14 +447,14 @@ func applyCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 			if strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(doc), "---")) == "" {
 				continue
 			}
-			crd := &apiextensionsv1.CustomResourceDefinition{}
-			if err := yaml.UnmarshalStrict([]byte(doc), crd); err != nil {
+			crd, err := decodeCRD([]byte(doc))
+			if err != nil {
 				return fmt.Errorf("%s: %w", f, err)
 			}
 			if crd.Kind != "CustomResourceDefinition" {
 				return fmt.Errorf("%s: kind %q is not CustomResourceDefinition", f, crd.Kind)
 			}
-			_, err := ac.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{})
+			_, err = ac.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{})
 			if err != nil && !apierrors.IsAlreadyExists(err) {
 				return fmt.Errorf("%s: create %s: %w", f, crd.Name, err)
 			}

@@ -3,11 +3,11 @@
 
 mod support;
 
-use support::scenario::{self, ALL_CRDS, Scenario};
+use support::scenario::{self, LEGACY_CRDS, Scenario};
 use tenancy_fixer::istio::ManagedKind;
 
 const SCENARIO: Scenario = Scenario {
-    crds: ALL_CRDS,
+    crds: LEGACY_CRDS,
     settings: "",
     expected_kinds: &[ManagedKind::ServiceRoleBinding, ManagedKind::EnvoyFilter],
 };

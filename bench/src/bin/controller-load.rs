@@ -1,6 +1,6 @@
 //! `controller-load`: the profile controller against a real API server (testenv).
 //!
-//! 1. Starts testenv (etcd + kube-apiserver, CRDs from deploy/crds) and the controller as a
+//! 1. Starts testenv (etcd + kube-apiserver, the Kubeflow and Istio CRDs of target/crds) and the controller as a
 //!    child process of this binary (`controller-load child`, which runs
 //!    `tenancy_fixer::controller::run_with_stats` exactly as `serve` does after discovery, and
 //!    prints its counters as JSON lines), so its RSS and CPU are the controller's own.
@@ -464,17 +464,19 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             bail!("testenv/build.sh failed");
         }
     }
+    let status = Command::new(root.join("testenv/crds.sh"))
+        .status()
+        .context("run testenv/crds.sh")?;
+    if !status.success() {
+        bail!("testenv/crds.sh failed");
+    }
     let dir = std::env::temp_dir().join(format!("controller-load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let crds = dir.join("crds");
     std::fs::create_dir_all(&crds)?;
-    for entry in std::fs::read_dir(root.join("deploy/crds"))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            std::fs::copy(&path, crds.join(path.file_name().unwrap()))?;
-        }
-    }
+    let sets = ["kubeflow", "istio"].map(|set| root.join("target/crds").join(set));
+    tenancy_fixer::local::gather_crds(&sets, &crds)?;
     eprintln!("starting testenv ...");
     let t = Instant::now();
     let testenv = Testenv::start(
