@@ -52,3 +52,16 @@ dump("plain-pod.json", plain)
 
 for name in ["trial-job.json", "katib-trial-pod.json"]:
     dump(name, json.loads((src / name).read_text()))
+
+# The proxy-config annotation a tenant controls (issue 9.1): the largest value the rules still
+# read (4 KiB, 8 levels of nesting) and the 80 KB nested value that cost serde_yaml seconds.
+job = json.loads((src / "trial-job.json").read_text())
+template = job["request"]["object"]["spec"]["template"]
+annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
+# `{a: [[[[[[[x, x, ...]]]]]]]}`: 8 levels, 3 * 1359 + 17 = 4094 bytes.
+widest = "{a: " + "[" * 7 + ", ".join(["x"] * 1359) + "]" * 7 + "}"
+assert len(widest) <= 4096
+annotations["proxy.istio.io/config"] = widest
+dump("trial-job-proxy-config-at-bound.json", job)
+annotations["proxy.istio.io/config"] = "a: " + "[" * 40_000 + "]" * 40_000
+dump("trial-job-proxy-config-deep.json", job)

@@ -15,7 +15,8 @@ struct Args {
     /// Reviews per body.
     #[arg(long, default_value_t = 20_000)]
     iterations: u32,
-    /// Only these bodies (notebook-pod, trial-job, katib-trial-pod, plain-pod).
+    /// Only these bodies (notebook-pod, trial-job, katib-trial-pod, plain-pod, and the tenant's
+    /// proxy-config annotation: trial-job-proxy-config-at-bound, trial-job-proxy-config-deep).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Install the text subscriber at INFO, writing to this file.
@@ -32,7 +33,14 @@ fn main() -> anyhow::Result<()> {
         let file = std::fs::File::create(path)?;
         tracing_subscriber_init(file);
     }
-    for name in ["notebook-pod", "trial-job", "katib-trial-pod", "plain-pod"] {
+    for name in [
+        "notebook-pod",
+        "trial-job",
+        "katib-trial-pod",
+        "plain-pod",
+        "trial-job-proxy-config-at-bound",
+        "trial-job-proxy-config-deep",
+    ] {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
             continue;
         }
