@@ -4,7 +4,10 @@
 //! SIGINT), a stand-in DB manager speaking Katib's gRPC API, stand-in training programs.
 //!
 //! Each scenario (one pod: sidecar kind × mode × collector) runs once, the first time a test
-//! asks for it; each test checks one property of it. Pods run one at a time. Without root the
+//! asks for it; each test checks one property of it. Scenarios: Katib's real file collector
+//! with a classic sidecar in modern and legacy mode and with a native sidecar; the TF-event
+//! collector (classic, modern); hostile words with a recording collector (classic modern,
+//! classic legacy, native). Pods run one at a time. Without root the
 //! scenarios cannot run: every test then says so on stderr and returns.
 
 mod kubelet;
@@ -850,22 +853,22 @@ fn tfevent_training_starts_only_after_the_proxy_is_ready() {
 #[test]
 fn hostile_words_arrive_intact_modern() {
     let Some(s) = hostile_modern() else { return };
-    assert_hostile_words_arrive_intact(s);
     assert_nothing_executed(s);
+    assert_hostile_words_arrive_intact(s);
 }
 
 #[test]
 fn hostile_words_arrive_intact_legacy() {
     let Some(s) = hostile_legacy() else { return };
-    assert_hostile_words_arrive_intact(s);
     assert_nothing_executed(s);
+    assert_hostile_words_arrive_intact(s);
 }
 
 #[test]
 fn hostile_words_arrive_intact_native() {
     let Some(s) = hostile_native() else { return };
-    assert_hostile_words_arrive_intact(s);
     assert_nothing_executed(s);
+    assert_hostile_words_arrive_intact(s);
 }
 
 // The collector's exit code and termination log survive the proxy stop.

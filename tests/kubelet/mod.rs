@@ -613,17 +613,14 @@ fn host_command(program: &str) -> Command {
     command
 }
 
-/// The pid of the only child of `pid`, once it exists.
-fn child_of(pid: u32, deadline: Instant) -> Option<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    while Instant::now() < deadline {
-        let children = fs::read_to_string(&path).ok()?;
-        if let Some(child) = children.split_whitespace().next() {
-            return child.parse().ok();
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    None
+/// The pid of the first child of `pid`, if it has one yet.
+fn first_child(pid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn signal(pid: u32, signal: &str) {
@@ -667,8 +664,14 @@ impl Sandbox {
             .spawn()
             .expect("start the pod sandbox");
         let stdin = unshare.stdin.take();
-        let pause = child_of(unshare.id(), Instant::now() + Duration::from_secs(10))
-            .expect("pause process in the pod sandbox");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pause = loop {
+            match first_child(unshare.id()) {
+                Some(pid) => break pid,
+                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                None => panic!("no pause process in the pod sandbox"),
+            }
+        };
         let sandbox = Sandbox {
             unshare,
             stdin,
@@ -927,7 +930,7 @@ pub fn run(pod: &Value, registry: &Registry, dir: &PodDir, options: &RunOptions)
 }
 
 fn startup_probe_url(container: &Value) -> Option<String> {
-    let get = &container["startupProbe"]["httpGet"];
+    let get = container.get("startupProbe")?.get("httpGet")?;
     let port = get["port"].as_u64().unwrap_or_else(|| {
         panic!(
             "startupProbe port {}: only numbers are emulated",
@@ -936,7 +939,7 @@ fn startup_probe_url(container: &Value) -> Option<String> {
     });
     Some(format!(
         "http://127.0.0.1:{port}{}",
-        get.get("path")?.as_str().unwrap_or("/")
+        get["path"].as_str().unwrap_or("/")
     ))
 }
 
@@ -1041,7 +1044,7 @@ fn start(
     let expected: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
     while Instant::now() < deadline && !running.poll() {
         if running.pid.is_none() {
-            running.pid = child_of(running.nsenter.id(), deadline);
+            running.pid = first_child(running.nsenter.id());
         }
         if let Some(pid) = running.pid
             && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == expected)
