@@ -251,7 +251,7 @@ async fn katib_trial_pod_modern_modes() {
         .unwrap()
         .to_string();
     assert!(training.starts_with("tf_http() {"), "{training}");
-    assert!(training.contains(" + 60`\n"), "{training}");
+    assert!(training.contains("sleep 60 &\n"), "{training}");
     assert!(
         training.contains("until tf_http GET 'http://127.0.0.1:15021/healthz/ready' 1; do\n"),
         "{training}"

@@ -201,11 +201,25 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `tenancy-fixer mutate` on the pod, with the settings given.
+/// The AdmissionReview the API server sends for the pod: tests/data/katib-trial-pod.json's
+/// request (the Job controller creating the pod for the Job that controls it) with `pod` as its
+/// object. A bare object would be judged as an untrusted user's, who may not keep the reserved
+/// label, and a pod without the label is no Katib trial pod of ours.
+fn review_of(pod: &Value) -> Value {
+    let mut review: Value = serde_json::from_str(
+        &fs::read_to_string(repo().join("tests/data/katib-trial-pod.json")).unwrap(),
+    )
+    .unwrap();
+    review["request"]["object"] = pod.clone();
+    review
+}
+
+/// `tenancy-fixer mutate` on the pod's AdmissionReview, with the settings given: the pod with
+/// the answer's patch applied.
 fn mutate(pod: &Value, settings: &str, dir: &PodDir) -> Value {
-    let input = dir.path("pod.json");
+    let input = dir.path("review.json");
     let config = dir.path("config.yaml");
-    fs::write(&input, serde_json::to_vec_pretty(pod).unwrap()).unwrap();
+    fs::write(&input, serde_json::to_vec_pretty(&review_of(pod)).unwrap()).unwrap();
     fs::write(&config, settings).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tenancy-fixer"))
         .args(["mutate", "-o", "json", "-f"])
@@ -219,7 +233,15 @@ fn mutate(pod: &Value, settings: &str, dir: &PodDir) -> Value {
         "tenancy-fixer mutate: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mutated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let response = &answer["response"];
+    assert_eq!(response["allowed"], true, "{answer}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap_or_else(|| panic!("no patch: {answer}")))
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut mutated = pod.clone();
+    json_patch::patch(&mut mutated, &patch).unwrap();
     fs::write(
         dir.path("mutated.json"),
         serde_json::to_vec_pretty(&mutated).unwrap(),

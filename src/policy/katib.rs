@@ -276,7 +276,7 @@ fn run_script<'a>(container: &mut Container<'a>, script: String, words: Vec<Str<
 
 // The scripts below are shell text the kubelet also reads: they must contain neither `$(`
 // (expanded when an env var of that name exists, and env names may be almost anything) nor
-// `$$`. So no `$(...)` command substitution and no `$((...))` arithmetic: backquotes and `expr`.
+// `$$`. So no `$(...)` command substitution and no `$((...))` arithmetic.
 
 /// `tf_http METHOD URL SECONDS`: one HTTP request with whichever client the image has (curl,
 /// busybox wget, python3), each bounded by SECONDS; status 2 when the image has none.
@@ -301,10 +301,13 @@ const PROBE_SECONDS: u32 = 1;
 /// Seconds the request stopping the proxy may take.
 const QUIT_SECONDS: u32 = 5;
 
-/// The training container's script: wait for the proxy (bounded in wall-clock seconds: the
-/// deadline is read from the clock, whose whole seconds make it wait at least the bound and
-/// less than one second more; each probe is bounded too), or sleep a fixed time on legacy
-/// Istio, then `exec` the original words.
+/// The training container's script: wait for the proxy, or sleep a fixed time on legacy Istio,
+/// then `exec` the original words. The wait is bounded in wall-clock seconds by a `sleep`
+/// running beside it (no clock arithmetic, which would need `$((...))`, `expr` or `date`
+/// that a minimal image may lack): once that timer has ended, the next failed probe gives up.
+/// The timer is reaped before the `exec`, so the program inherits no child of ours.
+/// Each probe is bounded too, so the whole wait is at most the bound plus one probe and one
+/// pause.
 fn wait_then_exec(config: &Config) -> String {
     let katib = &config.settings.katib;
     let wait = match config.modes.proxy_startup {
@@ -314,15 +317,17 @@ fn wait_then_exec(config: &Config) -> String {
             let timeout = katib.proxy_startup_timeout_seconds;
             format!(
                 "{HTTP_FUNCTION}\
-                 tf_deadline=`date +%s`\n\
-                 tf_deadline=`expr \"$tf_deadline\" + {timeout}`\n\
+                 sleep {timeout} &\n\
+                 tf_timer=$!\n\
                  until tf_http GET {url} {PROBE_SECONDS}; do\n\
-                 \x20 if [ \"`date +%s`\" -gt \"$tf_deadline\" ]; then\n\
+                 \x20 if ! kill -0 \"$tf_timer\" 2>/dev/null; then\n\
                  \x20   echo 'tenancy-fixer: istio-proxy not ready after {timeout}s, starting anyway' >&2\n\
                  \x20   break\n\
                  \x20 fi\n\
                  \x20 sleep 1\n\
-                 done\n"
+                 done\n\
+                 kill \"$tf_timer\" 2>/dev/null\n\
+                 wait \"$tf_timer\" 2>/dev/null\n"
             )
         }
     };
@@ -526,7 +531,7 @@ mod tests {
             training.contains("'http://127.0.0.1:15021/healthz/ready'"),
             "{training}"
         );
-        assert!(training.contains("+ 60`"), "{training}");
+        assert!(training.contains("sleep 60 &\n"), "{training}");
         assert!(training.ends_with("exec \"$@\"\n"), "{training}");
         assert_eq!(argv, ["python3", "/opt/train.py", "--lr", "0.1"]);
         let (collector, argv) = script(pod, 1);
@@ -1038,6 +1043,41 @@ mod tests {
     }
 
     #[test]
+    fn readiness_wait_needs_only_sh_and_sleep_and_is_bounded_without_a_client() {
+        let (url, _requests) = http_server("200 OK", Duration::from_millis(1200), || {});
+        for (client, bound, ready) in [(Some("wget"), 5, true), (None, 2, false)] {
+            let yaml = format!(
+                "kfpAccess: header\nkatib:\n  proxyStartup: wait-ready\n  proxyStartupTimeoutSeconds: {bound}\nistio:\n  readinessUrl: {url}/healthz/ready\n"
+            );
+            let d = wrapped(&training_pod(), &config(&yaml));
+            let dir = scratch(&format!("minimal-{ready}"));
+            let mut tools = vec!["sh", "sleep", "echo"];
+            tools.extend(client);
+            let path = path_with_only(&dir, &tools);
+            let start = Instant::now();
+            let out = run_as_kubelet(&containers(&d.object)[0], &[("PATH", &path)], &dir);
+            let took = start.elapsed();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "trained\n",
+                "{client:?}: {stderr}"
+            );
+            assert_eq!(!stderr.contains("not ready"), ready, "{client:?}: {stderr}");
+            if ready {
+                assert!(took >= Duration::from_millis(1200), "{took:?}");
+            } else {
+                let most = Duration::from_millis((bound + 1) * 1000 + 800);
+                assert!(
+                    took >= Duration::from_secs(bound) && took <= most,
+                    "{took:?}"
+                );
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+
+    #[test]
     fn readiness_wait_is_bounded_against_a_port_that_hangs() {
         // Accepts connections and never answers.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1057,9 +1097,9 @@ mod tests {
         let took = start.elapsed();
         assert!(String::from_utf8_lossy(&out.stderr).contains("not ready after 2s"));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "trained\n");
-        // At least the bound; at most the bound, the clock's granularity, one probe and one
-        // pause, and some slack for a busy machine.
-        let most = Duration::from_millis((2 + 1 + u64::from(PROBE_SECONDS) + 1) * 1000 + 500);
+        // At least the bound; at most the bound, one probe and one pause, and some slack for a
+        // busy machine.
+        let most = Duration::from_millis((2 + u64::from(PROBE_SECONDS) + 1) * 1000 + 800);
         assert!(took >= Duration::from_secs(2) && took <= most, "{took:?}");
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -1122,11 +1162,15 @@ mod tests {
                     .expect("python3");
                 String::from_utf8(out.stdout).unwrap().trim().to_string()
             } else {
-                let out = Command::new("/bin/sh")
-                    .args(["-c", &format!("command -v {tool}")])
-                    .output()
-                    .unwrap();
-                String::from_utf8(out.stdout).unwrap().trim().to_string()
+                // The program on the host's PATH (`command -v` would name a shell builtin,
+                // such as `echo`, by its bare name).
+                std::env::var("PATH")
+                    .unwrap_or_default()
+                    .split(':')
+                    .map(|dir| Path::new(dir).join(tool))
+                    .find(|candidate| candidate.is_file())
+                    .map(|found| found.display().to_string())
+                    .unwrap_or_default()
             };
             assert!(!found.is_empty(), "{tool} is needed by this test");
             std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
