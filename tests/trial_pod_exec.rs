@@ -237,7 +237,11 @@ fn mutate(pod: &Value, settings: &str, dir: &PodDir) -> Value {
     let response = &answer["response"];
     assert_eq!(response["allowed"], true, "{answer}");
     let patch = base64::engine::general_purpose::STANDARD
-        .decode(response["patch"].as_str().unwrap_or_else(|| panic!("no patch: {answer}")))
+        .decode(
+            response["patch"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no patch: {answer}")),
+        )
         .unwrap();
     let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
     let mut mutated = pod.clone();
