@@ -16,6 +16,7 @@ pub mod manifests;
 pub mod model;
 pub mod patch;
 pub mod policy;
+pub mod runtime;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
