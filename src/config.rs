@@ -26,7 +26,7 @@ pub enum ConfigError {
         path: String,
         key: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_saphyr::Error,
     },
     #[error("invalid config file {path}: {key}: {reason}")]
     Value {
@@ -34,6 +34,14 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+}
+
+/// How YAML is read here: a parse error is one line (no source snippet), because it ends up in
+/// one stderr or log line.
+pub fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    options
 }
 
 /// How notebooks and trials authenticate to Kubeflow Pipelines.
@@ -109,13 +117,16 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Choice<T> {
             Auto,
         }
         // Untagged enums lose the inner error, so name the accepted words ourselves.
-        let value = serde_yaml::Value::deserialize(d)?;
+        let value = serde_json::Value::deserialize(d)?;
         match Repr::<T>::deserialize(value.clone()) {
             Ok(Repr::Auto(AutoTag::Auto)) => Ok(Choice::Auto),
             Ok(Repr::Fixed(v)) => Ok(Choice::Fixed(v)),
             Err(_) => Err(serde::de::Error::custom(format!(
                 "unsupported value {}",
-                serde_yaml::to_string(&value).unwrap_or_default().trim()
+                match &value {
+                    serde_json::Value::String(word) => word.clone(),
+                    other => other.to_string(),
+                }
             ))),
         }
     }
@@ -366,13 +377,23 @@ impl Settings {
         let settings: Settings = if text.trim().is_empty() {
             Settings::default()
         } else {
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(
-                |error| ConfigError::Parse {
-                    path: origin.into(),
-                    key: error.path().to_string(),
-                    source: error.into_inner(),
+            // The path of the offending key leaves the closure beside the parser's error.
+            let mut key = String::from(".");
+            serde_saphyr::with_deserializer_from_str_with_options(
+                text,
+                yaml_options(),
+                |deserializer| {
+                    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                        key = error.path().to_string();
+                        error.into_inner()
+                    })
                 },
-            )?
+            )
+            .map_err(|source| ConfigError::Parse {
+                path: origin.into(),
+                key,
+                source,
+            })?
         };
         settings
             .validate()

@@ -327,7 +327,7 @@ fn print_operation(operation: &json_patch::PatchOperation) {
     match value {
         None => println!("   {word:<8}{path}"),
         Some(value) => {
-            let yaml = serde_yaml::to_string(value).unwrap_or_default();
+            let yaml = serde_saphyr::to_string(value).unwrap_or_default();
             let lines: Vec<&str> = yaml.trim_end().lines().collect();
             if lines.len() == 1 {
                 println!("   {word:<8}{path} = {}", lines[0]);
@@ -391,7 +391,7 @@ fn print_object(object: &DynamicObject) {
         object.namespace().unwrap_or_default(),
         object.name_any()
     );
-    for line in serde_yaml::to_string(&shown).unwrap_or_default().lines() {
+    for line in serde_saphyr::to_string(&shown).unwrap_or_default().lines() {
         println!("   {line}");
     }
     println!();

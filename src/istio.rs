@@ -334,11 +334,11 @@ fn merged_into(actual: &serde_json::Value, desired: &serde_json::Value) -> bool 
 }
 
 /// The desired objects as a YAML stream (for `render`).
-pub fn to_yaml_stream(objects: &[DynamicObject]) -> Result<String, serde_yaml::Error> {
+pub fn to_yaml_stream(objects: &[DynamicObject]) -> Result<String, serde_saphyr::ser::Error> {
     let mut out = String::new();
     for object in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(object)?);
+        out.push_str(&serde_saphyr::to_string(object)?);
     }
     Ok(out)
 }

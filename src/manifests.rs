@@ -240,7 +240,7 @@ impl Default for Install {
 /// The YAML stream (documents separated by `---`) installing tenancy-fixer in [`NAMESPACE`]:
 /// Namespace, ServiceAccount, RBAC, ConfigMap, (cert-manager Issuer and Certificate,) Service,
 /// Deployment and the MutatingWebhookConfiguration.
-pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error> {
+pub fn install_manifests(install: &Install) -> Result<String, serde_saphyr::ser::Error> {
     let Install {
         image,
         ca_bundle,
@@ -249,17 +249,18 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error>
         settings,
     } = install;
     let mut out = String::from(INSTALL_HEADER);
-    let mut doc =
-        |comment: Option<&str>, object: &dyn erased::Yaml| -> Result<(), serde_yaml::Error> {
-            out.push_str("---\n");
-            for line in comment.into_iter().flat_map(str::lines) {
-                out.push_str("# ");
-                out.push_str(line);
-                out.push('\n');
-            }
-            out.push_str(&object.to_yaml()?);
-            Ok(())
-        };
+    let mut doc = |comment: Option<&str>,
+                   object: &dyn erased::Yaml|
+     -> Result<(), serde_saphyr::ser::Error> {
+        out.push_str("---\n");
+        for line in comment.into_iter().flat_map(str::lines) {
+            out.push_str("# ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str(&object.to_yaml()?);
+        Ok(())
+    };
     doc(None, &namespace())?;
     doc(
         None,
@@ -320,7 +321,7 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error>
         None,
         &ConfigMap {
             metadata: meta(NAME, Some(NAMESPACE)),
-            data: Some([(CONFIG_KEY.to_string(), serde_yaml::to_string(settings)?)].into()),
+            data: Some([(CONFIG_KEY.to_string(), serde_saphyr::to_string(settings)?)].into()),
             ..ConfigMap::default()
         },
     )?;
@@ -376,11 +377,11 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_yaml::Error>
 /// Serializing the different object types through one closure.
 mod erased {
     pub trait Yaml {
-        fn to_yaml(&self) -> Result<String, serde_yaml::Error>;
+        fn to_yaml(&self) -> Result<String, serde_saphyr::ser::Error>;
     }
     impl<T: serde::Serialize> Yaml for T {
-        fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
-            serde_yaml::to_string(self)
+        fn to_yaml(&self) -> Result<String, serde_saphyr::ser::Error> {
+            serde_saphyr::to_string(self)
         }
     }
 }
@@ -686,13 +687,13 @@ fn deployment(image: &str) -> Deployment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
     use serde_json::Value;
 
     /// The documents of a YAML stream, as JSON values.
     fn documents(stream: &str) -> Vec<Value> {
-        serde_yaml::Deserializer::from_str(stream)
-            .map(|doc| Value::deserialize(doc).unwrap())
+        serde_saphyr::from_multiple::<Value>(stream)
+            .unwrap()
+            .into_iter()
             .filter(|doc| !doc.is_null())
             .collect()
     }

@@ -81,7 +81,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// The notebook pod of the fixture review, as a YAML manifest.
 fn notebook_pod_yaml() -> (Value, String) {
     let pod = fixture("notebook-pod.json")["request"]["object"].clone();
-    let yaml = serde_yaml::to_string(&pod).unwrap();
+    let yaml = serde_saphyr::to_string(&pod).unwrap();
     (pod, yaml)
 }
 
@@ -97,7 +97,7 @@ fn mutate_yaml_pod_prints_mutated_yaml() {
         "--config",
         &write(&dir, "c.yaml", "kfpAccess: header\n"),
     ]));
-    let mutated: Value = serde_yaml::from_str(&out).expect("output is YAML");
+    let mutated: Value = serde_saphyr::from_str(&out).expect("output is YAML");
     let mut expected = pod;
     expected["metadata"]["labels"]["kubeflow-extension"] = json!("true");
     assert_eq!(mutated, expected);
@@ -167,7 +167,7 @@ fn mutate_admission_review_prints_the_response() {
         "-o",
         "yaml",
     ]));
-    let review: Value = serde_yaml::from_str(&out).unwrap();
+    let review: Value = serde_saphyr::from_str(&out).unwrap();
     assert_eq!(
         review["response"],
         json!({"uid": "e5f6a7b8-c9d0-4e1f-a2b3-c4d5e6f7a8b9", "allowed": true})
@@ -222,9 +222,7 @@ fn render_prints_the_objects_of_the_mode() {
     );
     let header = write(&dir, "header.yaml", "kfpAccess: header\n");
     let out = stdout(&run(&["render", "-f", &profile, "--config", &header]));
-    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&out)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let objects: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
     let kinds: Vec<&str> = objects
         .iter()
         .map(|o| o["kind"].as_str().unwrap())

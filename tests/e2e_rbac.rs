@@ -21,7 +21,6 @@ use kube::{
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use support::{scenario::*, *};
 use tenancy_fixer::{
@@ -35,8 +34,9 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 /// The documents of a YAML stream, as JSON values.
 fn documents(stream: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(stream)
-        .map(|doc| Value::deserialize(doc).unwrap())
+    serde_saphyr::from_multiple::<Value>(stream)
+        .unwrap()
+        .into_iter()
         .filter(|doc| !doc.is_null())
         .collect()
 }

@@ -52,8 +52,8 @@ pub fn parse_document(text: &str, shown: &str) -> Result<(Value, Format)> {
             serde_json::from_str(text).map_err(|e| input(format!("{shown}: invalid JSON: {e}")))?;
         return Ok((value, Format::Json));
     }
-    let value: Value =
-        serde_yaml::from_str(text).map_err(|e| input(format!("{shown}: invalid YAML: {e}")))?;
+    let value: Value = serde_saphyr::from_str_with_options(text, crate::config::yaml_options())
+        .map_err(|e| input(format!("{shown}: invalid YAML: {e}")))?;
     Ok((value, Format::Yaml))
 }
 
@@ -89,7 +89,7 @@ pub fn render_value(value: &Value, format: Format) -> Result<String> {
         Format::Json => serde_json::to_string_pretty(value)
             .map(|s| s + "\n")
             .map_err(|e| CliError::Output(e.to_string())),
-        Format::Yaml => serde_yaml::to_string(value).map_err(|e| CliError::Output(e.to_string())),
+        Format::Yaml => serde_saphyr::to_string(value).map_err(|e| CliError::Output(e.to_string())),
     }
 }
 

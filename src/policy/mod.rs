@@ -106,7 +106,7 @@ fn proxy_config(meta: &crate::model::ObjectMeta<'_>) -> ProxyConfig {
     if text.trim().is_empty() {
         return ProxyConfig::Read(serde_json::Map::new());
     }
-    match serde_yaml::from_str(text) {
+    match serde_saphyr::from_str_with_options(text, crate::config::yaml_options()) {
         Ok(config) => ProxyConfig::Read(config),
         Err(error) => ProxyConfig::Unread(format!(
             "{PROXY_CONFIG_ANNOTATION} is not a YAML mapping: {error}"
