@@ -518,7 +518,7 @@ const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// Answers one AdmissionReview body with the response body. Errors only when the body is not
 /// an AdmissionReview with a request.
-pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
+pub fn review(body: &[u8], config: &Config) -> Result<Reviewed> {
     // One pass with the object parsed into its view; on any error, the general way (object as
     // text, parsed on its own), whose errors are the answers.
     // JSON is UTF-8 (RFC 8259): checked once for the whole body, so that the parser need not
@@ -533,9 +533,37 @@ pub fn review(body: &[u8], config: &Config) -> Result<Vec<u8>> {
     answer(review, config)
 }
 
-fn answer(review: Review, config: &Config) -> Result<Vec<u8>> {
+/// An answered review: the AdmissionReview to send back and what was decided, for the metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reviewed {
+    pub answer: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// What the rules made of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The kind of object ([`Target::name`]), or `"unhandled"`.
+    pub kind: &'static str,
+    /// Whether the answer carries a patch.
+    pub patched: bool,
+    /// The rules that changed the object (empty unless patched).
+    pub rules: Vec<&'static str>,
+}
+
+impl Outcome {
+    fn unchanged(kind: &'static str) -> Self {
+        Outcome {
+            kind,
+            patched: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn answer(review: Review, config: &Config) -> Result<Reviewed> {
     let mut request = review.request.ok_or(AdmissionError::NoRequest)?;
-    let patch = decide(&mut request, config);
+    let (patch, outcome) = decide(&mut request, config);
     let out = ReviewOut {
         // Answer in the version we were asked in.
         api_version: review.api_version.unwrap_or(REVIEW_API_VERSION),
@@ -547,11 +575,12 @@ fn answer(review: Review, config: &Config) -> Result<Vec<u8>> {
             patch: patch.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
         },
     };
-    serde_json::to_vec(&out).map_err(AdmissionError::Serialize)
+    let answer = serde_json::to_vec(&out).map_err(AdmissionError::Serialize)?;
+    Ok(Reviewed { answer, outcome })
 }
 
-/// The JSON Patch to send, if any; logs the decision.
-fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
+/// The JSON Patch to send, if any, and the outcome; logs the decision.
+fn decide(request: &mut Request, config: &Config) -> (Option<Vec<u8>>, Outcome) {
     let Request {
         kind,
         namespace,
@@ -565,8 +594,9 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
     let ns = namespace.unwrap_or("");
     let Some(target) = Target::of(&kind.group, &kind.version, &kind.kind) else {
         tracing::info!(kind = %kind.kind, namespace = ns, patched = false, reason = "kind not handled", "admission");
-        return None;
+        return (None, Outcome::unchanged("unhandled"));
     };
+    let unchanged = (None, Outcome::unchanged(target.name()));
     let handled = operation
         .as_deref()
         .and_then(Operation::of)
@@ -583,7 +613,7 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
             reason,
             "admission"
         );
-        return None;
+        return unchanged;
     };
     let no_object = |reason: &str| {
         tracing::warn!(
@@ -593,7 +623,7 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
             reason,
             "admission"
         );
-        None
+        unchanged.clone()
     };
     let Some(parsed) = object.take().and_then(|o| o.into_view(view, target)) else {
         return no_object("request has no object");
@@ -620,7 +650,7 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
     match mutation {
         Err(error) => {
             tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = %error, "admission");
-            None
+            unchanged
         }
         Ok(m) if m.patch.0.is_empty() => {
             let reason = m.skipped.join("; ");
@@ -632,7 +662,7 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
                 reason,
                 "admission"
             );
-            None
+            unchanged
         }
         Ok(m) => match serde_json::to_vec(&m.patch) {
             Ok(bytes) => {
@@ -647,11 +677,16 @@ fn decide(request: &mut Request, config: &Config) -> Option<Vec<u8>> {
                     skipped,
                     "admission"
                 );
-                Some(bytes)
+                let outcome = Outcome {
+                    kind: target.name(),
+                    patched: true,
+                    rules: m.applied,
+                };
+                (Some(bytes), outcome)
             }
             Err(error) => {
                 tracing::warn!(kind = target.name(), namespace = ns, name = m.name, patched = false, reason = %error, "admission");
-                None
+                unchanged
             }
         },
     }
@@ -693,7 +728,7 @@ mod tests {
     }
 
     fn respond(body: &[u8]) -> Value {
-        serde_json::from_slice(&review(body, &Config::default()).unwrap()).unwrap()
+        serde_json::from_slice(&review(body, &Config::default()).unwrap().answer).unwrap()
     }
 
     fn patched(response: &Value, mut object: Value) -> Value {
@@ -742,6 +777,30 @@ mod tests {
         );
         assert_eq!(after["metadata"], expected["metadata"]);
         assert_eq!(container["image"], "jupyter");
+    }
+
+    #[test]
+    fn the_outcome_names_kind_and_applied_rules() {
+        let outcome = |body: &[u8]| review(body, &Config::default()).unwrap().outcome;
+        assert_eq!(
+            outcome(&review_of(pod_kind(), "alice", "CREATE", notebook())),
+            Outcome {
+                kind: "Pod",
+                patched: true,
+                rules: vec!["notebook-label", "kfp-token"],
+            }
+        );
+        let mut plain = notebook();
+        plain["metadata"]["labels"] = json!({"app": "x"});
+        assert_eq!(
+            outcome(&review_of(pod_kind(), "alice", "CREATE", plain)),
+            Outcome::unchanged("Pod")
+        );
+        let config_map = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+        assert_eq!(
+            outcome(&review_of(config_map, "alice", "CREATE", json!({}))),
+            Outcome::unchanged("unhandled")
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub enum ConfigError {
         path: String,
         key: String,
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("invalid config file {path}: {key}: {reason}")]
     Value {
@@ -392,7 +392,7 @@ impl Settings {
             .map_err(|source| ConfigError::Parse {
                 path: origin.into(),
                 key,
-                source,
+                source: Box::new(source),
             })?
         };
         settings

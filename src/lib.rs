@@ -13,6 +13,7 @@ pub mod demo;
 pub mod istio;
 pub mod local;
 pub mod manifests;
+pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod policy;

@@ -191,6 +191,8 @@ pub const DEFAULT_IMAGE: &str = "tenancy-fixer:latest";
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Port the container serves HTTPS on (the Service's 443 forwards to it).
 pub const CONTAINER_PORT: i32 = 8443;
+/// Port of the Prometheus metrics endpoint (plain HTTP `GET /metrics`).
+pub const METRICS_PORT: i32 = 9090;
 /// cert-manager's cainjector fills a webhook's caBundle from the Certificate this names.
 pub const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
 /// UID and GID the container runs as (the Dockerfile's `USER`).
@@ -566,6 +568,7 @@ fn deployment(image: &str) -> Deployment {
             format!("--tls-cert={TLS_DIR}/tls.crt"),
             format!("--tls-key={TLS_DIR}/tls.key"),
             format!("--listen=0.0.0.0:{CONTAINER_PORT}"),
+            format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
             "--leader-elect".into(),
         ]),
         // The Lease's namespace and this replica's identity in it; the allocator's settings.
@@ -578,12 +581,20 @@ fn deployment(image: &str) -> Deployment {
                 ..EnvVar::default()
             },
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("https".into()),
-            container_port: CONTAINER_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("https".into()),
+                container_port: CONTAINER_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: Some(ResourceRequirements {

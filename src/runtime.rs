@@ -20,6 +20,8 @@ pub struct Options {
     pub listen: SocketAddr,
     pub tls: TlsFiles,
     pub limits: webhook::Limits,
+    /// Where `/metrics` is served (plain HTTP), if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// The cluster; without one only the webhook runs and `auto` means the modern modes.
     pub client: Option<kube::Client>,
     /// Run the controller only while holding this Lease.
@@ -44,9 +46,22 @@ pub async fn serve(settings: Settings, options: Options) -> Result<(), Error> {
         listen,
         tls,
         limits,
+        metrics,
         client,
         election,
     } = options;
+    // Bound first, so a taken port fails the start; stopped when `serve` returns.
+    let _metrics = match metrics {
+        Some(addr) => {
+            let served = webhook::serve_metrics(addr, std::future::pending()).await?;
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(error) = served.await {
+                    tracing::error!(%error, "metrics endpoint stopped");
+                }
+            })))
+        }
+        None => None,
+    };
     let config = match &client {
         None => {
             tracing::info!("controller disabled: auto settings resolve to the modern modes");
@@ -138,6 +153,15 @@ pub async fn serve(settings: Settings, options: Options) -> Result<(), Error> {
             server.await?;
             error.map_or(Ok(()), Err)
         }
+    }
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -72,7 +72,7 @@ pub fn mutate_document(
         let body = serde_json::to_vec(&document).map_err(|e| input(format!("{shown}: {e}")))?;
         let answer =
             admission::review(&body, config).map_err(|e| input(format!("{shown}: {e}")))?;
-        return serde_json::from_slice(&answer)
+        return serde_json::from_slice(&answer.answer)
             .map_err(|e| input(format!("{shown}: invalid response: {e}")));
     }
     let Some(target) = Target::of_api_version(&api_version, &kind) else {

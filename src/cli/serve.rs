@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// This replica's identity in the Lease, unique among replicas (default: env POD_NAME, else the hostname).
     #[arg(long, value_name = "ID", env = "TENANCY_FIXER_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
+    /// Address and port of the Prometheus metrics endpoint (`GET /metrics`, plain HTTP); none by default.
+    #[arg(long, value_name = "ADDR", env = "TENANCY_FIXER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub limits: webhook::Limits,
 }
@@ -69,6 +72,7 @@ impl ServeArgs {
             lease_namespace,
             lease_name,
             lease_identity,
+            metrics_listen,
             limits,
         } = self;
         let settings = load_settings(config.as_deref())?;
@@ -95,6 +99,7 @@ impl ServeArgs {
                 listen,
                 tls: TlsFiles::new(tls_cert, tls_key),
                 limits,
+                metrics: metrics_listen,
                 client,
                 election,
             };

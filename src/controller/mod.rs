@@ -156,6 +156,7 @@ pub async fn run(client: Client, config: Arc<Config>) -> Result<()> {
 
 /// [`run`] counting into `stats` (tests and benchmarks running several controllers).
 pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stats>) -> Result<()> {
+    let _leading = stats.lead();
     let served = served_kinds(&client).await?;
     for kind in ManagedKind::wanted(&config) {
         if !served.contains(&kind) {

@@ -7,7 +7,13 @@
 //! by [`Limits`] (see [`limits`]); HTTP/1.1 only, as the API server calls webhooks.
 
 use std::{
-    fmt::Display, future::Future, io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+    fmt::Display,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -22,6 +28,7 @@ use axum_server::Handle;
 use crate::{
     admission::{self, AdmissionError},
     config::Config,
+    metrics::metrics,
 };
 
 pub mod limits;
@@ -84,11 +91,17 @@ async fn ok() -> &'static str {
 }
 
 async fn mutate(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    // The route matched one of these paths: a static name for the metrics' labels.
+    let webhook = MUTATE_PATHS
+        .into_iter()
+        .find(|path| *path == request.uri().path())
+        .unwrap_or(MUTATE_PATHS[0]);
     let body = match shared.bodies.read(request).await {
         Ok(body) => body,
-        Err(error) => return refusal(error.status(), error, None),
+        Err(error) => return refusal(webhook, error.status(), error, None),
     };
     let bytes = body.len();
+    let started = Instant::now();
     let reviewed = if bytes <= limits::INLINE_REVIEW {
         admission::review(&body, &shared.config)
     } else {
@@ -97,24 +110,45 @@ async fn mutate(State(shared): State<Arc<Shared>>, request: Request) -> Response
         let config = shared.config.clone();
         match tokio::task::spawn_blocking(move || admission::review(&body, &config)).await {
             Ok(reviewed) => reviewed,
-            Err(error) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, error, Some(bytes)),
+            Err(error) => {
+                return refusal(
+                    webhook,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    error,
+                    Some(bytes),
+                );
+            }
         }
     };
     match reviewed {
-        Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
+        Ok(reviewed) => {
+            let seconds = started.elapsed().as_secs_f64();
+            metrics().reviewed(webhook, &reviewed.outcome, seconds);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                reviewed.answer,
+            )
+                .into_response()
+        }
         Err(error) => {
             let status = match error {
                 AdmissionError::Serialize(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             };
-            refusal(status, error, Some(bytes))
+            refusal(webhook, status, error, Some(bytes))
         }
     }
 }
 
-/// An answer that is not a review: the reason as one line of text, logged.
-fn refusal(status: StatusCode, error: impl Display, bytes: Option<usize>) -> Response {
+/// An answer that is not a review: the reason as one line of text, logged and counted.
+fn refusal(
+    webhook: &'static str,
+    status: StatusCode,
+    error: impl Display,
+    bytes: Option<usize>,
+) -> Response {
     tracing::warn!(%error, status = status.as_u16(), bytes, "rejected webhook request");
+    metrics().refused(webhook, status.as_u16());
     let reason = error.to_string().replace('\n', " ");
     (
         status,
@@ -122,6 +156,35 @@ fn refusal(status: StatusCode, error: impl Display, bytes: Option<usize>) -> Res
         format!("{reason}\n"),
     )
         .into_response()
+}
+
+/// The metrics endpoint (`GET /metrics`, plain HTTP on its own port, for Prometheus).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<impl Future<Output = Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebhookError::Bind { addr, source })?;
+    tracing::info!(%addr, "serving metrics on /metrics");
+    let router = Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics().encode(),
+            )
+        }),
+    );
+    Ok(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(WebhookError::Serve)
+    })
 }
 
 /// Read buffer in front of rustls on each connection. rustls reads at most 4 KiB per call, so

@@ -97,6 +97,7 @@ impl TlsFiles {
             },
             source => pem_error(&self.key, source),
         })?;
+        let expiry = not_after(&chain[0]);
         let provider = CryptoProvider::get_default()
             .cloned()
             .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -105,6 +106,9 @@ impl TlsFiles {
             .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
             .map_err(TlsError::Identity)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if let Some(expiry) = expiry {
+            crate::metrics::metrics().certificate_expires(expiry);
+        }
         Ok(config)
     }
 
@@ -123,6 +127,12 @@ impl TlsFiles {
             key: file_stamp(&self.key).await?,
         })
     }
+}
+
+/// When the certificate expires (Unix seconds), if it parses as X.509 (rustls checks the rest).
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 fn pem_error(path: &Path, source: pem::Error) -> TlsError {
