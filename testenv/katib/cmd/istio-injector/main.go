@@ -18,7 +18,7 @@
 //
 //	istio-injector -listen 127.0.0.1:PORT -tls-cert tls.crt -tls-key tls.key
 //
-// It logs one line per decision to stderr and exits on end of stdin (the test holds it).
+// It logs one line per decision to stderr; SIGTERM stops it (the test's holder sends it).
 package main
 
 import (
@@ -29,7 +29,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 )
 
@@ -88,10 +87,6 @@ func main() {
 	cert := flag.String("tls-cert", "", "serving certificate (PEM)")
 	key := flag.String("tls-key", "", "serving key (PEM)")
 	flag.Parse()
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		os.Exit(0)
-	}()
 	listener, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatalf("listen: %v", err)
