@@ -77,6 +77,7 @@ func main() {
 		port           int
 		controllers    bool
 		controllerList string
+		saCredentials  bool
 		crdDir         string
 		exitOnEOF      bool
 		verbosity      int
@@ -88,6 +89,7 @@ func main() {
 	fs.IntVar(&port, "port", 0, "kube-apiserver secure port on 127.0.0.1 (0 = pick a free port)")
 	fs.BoolVar(&controllers, "controllers", true, "run kube-controller-manager in-process (garbage collector + namespace controllers)")
 	fs.StringVar(&controllerList, "controller-list", defaultControllers, "value of kube-controller-manager --controllers")
+	fs.BoolVar(&saCredentials, "use-service-account-credentials", false, "each controller acts as its own kube-system ServiceAccount (as kubeadm runs kube-controller-manager) instead of the admin kubeconfig")
 	fs.StringVar(&crdDir, "crds", "", "optional directory of CRD YAML files to apply (and wait for) before the ready line")
 	fs.BoolVar(&exitOnEOF, "exit-on-stdin-eof", false, "shut down when stdin is closed (e.g. the parent test process died)")
 	fs.IntVar(&verbosity, "v", 0, "klog verbosity of the components (logs go to DIR/testenv.log)")
@@ -243,7 +245,7 @@ func main() {
 
 	kcmDone := make(chan error, 1)
 	if controllers {
-		if err := startControllerManager(ctx, kubeconfigPath, controllerList, verbosity, kcmDone); err != nil {
+		if err := startControllerManager(ctx, kubeconfigPath, controllerList, saCredentials, verbosity, kcmDone); err != nil {
 			logf("kube-controller-manager: %v", err)
 			terminate()
 			shutdown(1)
@@ -508,7 +510,7 @@ func crdServed(ctx context.Context, ac apiextclient.Interface, dc dynamic.Interf
 // startControllerManager runs kube-controller-manager's Run in a goroutine
 // with our own context (the cobra command would install a second signal
 // handler, which panics in one process).
-func startControllerManager(ctx context.Context, kubeconfig, controllers string, verbosity int, done chan<- error) error {
+func startControllerManager(ctx context.Context, kubeconfig, controllers string, saCredentials bool, verbosity int, done chan<- error) error {
 	s, err := kcmoptions.NewKubeControllerManagerOptions()
 	if err != nil {
 		return err
@@ -523,7 +525,9 @@ func startControllerManager(ctx context.Context, kubeconfig, controllers string,
 	args := []string{
 		"--kubeconfig=" + kubeconfig,
 		"--controllers=" + controllers,
-		"--use-service-account-credentials=false",
+		// true: tokens from the TokenRequest API for system:serviceaccount:kube-system:<controller>,
+		// so webhooks see the requester a real cluster shows them.
+		fmt.Sprintf("--use-service-account-credentials=%t", saCredentials),
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--profiling=false",

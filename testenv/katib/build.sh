@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Builds the upstream test components for trial-pod tests (tests/trial_pod_exec.rs) into
-# <repo>/target/katib/bin: Katib's real file-metricscollector (pinned in go.mod) and our
-# stand-ins (pause, pilot-agent, katib-db-manager, trial-program). No-op when every binary is
-# newer than every input. Its own Go module, so its dependencies never touch testenv's.
+# Builds the upstream test components for trial-pod tests (tests/trial_pod_exec.rs) and the
+# Katib end-to-end test (tests/e2e_katib.rs) into <repo>/target/katib/bin: Katib's real
+# file-metricscollector and katib-controller (pinned in go.mod) and our stand-ins (pause,
+# pilot-agent, katib-db-manager, trial-program, istio-injector); and copies the Katib manifests
+# that test applies (webhooks, RBAC, KatibConfig) from the module into target/katib/manifests.
+# No-op when every output is newer than every input. Its own Go module, so its dependencies
+# never touch testenv's.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="$root/target/katib/bin"
-binaries=(file-metricscollector pause pilot-agent katib-db-manager trial-program)
+manifests="$root/target/katib/manifests"
+binaries=(file-metricscollector katib-controller pause pilot-agent katib-db-manager trial-program istio-injector)
 collector=github.com/kubeflow/katib/cmd/metricscollector/v1beta1/file-metricscollector
+controller=github.com/kubeflow/katib/cmd/katib-controller/v1beta1
+# Module paths of the upstream manifests, and their names under target/katib/manifests.
+upstream_manifests=(
+  manifests/v1beta1/components/webhook/webhooks.yaml
+  manifests/v1beta1/components/controller/rbac.yaml
+  manifests/v1beta1/installs/katib-standalone/katib-config.yaml
+)
 
 fresh=1
+for manifest in "${upstream_manifests[@]}"; do
+  [[ -f "$manifests/$(basename "$manifest")" ]] || fresh=0
+done
 for bin in "${binaries[@]}"; do
   [[ -x "$out/$bin" ]] || { fresh=0; break; }
   while IFS= read -r -d '' input; do
@@ -39,5 +53,12 @@ cd "$here"
 tmp="$(mktemp -d "$out.tmp.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 go build -trimpath -ldflags="-s -w" -o "$tmp/" ./cmd/... "$collector"
+# Its package is named by its directory, v1beta1: name the binary ourselves.
+go build -trimpath -ldflags="-s -w" -o "$tmp/katib-controller" "$controller"
 for bin in "${binaries[@]}"; do mv -f "$tmp/$bin" "$out/$bin"; done
+module="$(go list -m -f '{{.Dir}}' github.com/kubeflow/katib)"
+mkdir -p "$manifests"
+for manifest in "${upstream_manifests[@]}"; do
+  install -m 0644 "$module/$manifest" "$manifests/$(basename "$manifest")"
+done
 echo "katib test components: built in $(( $(date +%s) - start ))s"

@@ -117,6 +117,79 @@ pub fn webhook_tls(dir: &Path) -> WebhookTls {
     WebhookTls::generate(dir).unwrap()
 }
 
+/// `sh -c HOLD_SCRIPT sh PROGRAM ARGS...` holds PROGRAM and stops it (SIGTERM) when our end of
+/// its stdin closes (drop, or the test process dying); its exit status is PROGRAM's.
+const HOLD_SCRIPT: &str = r#""$@" & pid=$!; trap 'kill $pid 2>/dev/null; wait $pid; exit' TERM INT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#;
+
+/// A background process held through its stdin (see [`HOLD_SCRIPT`]), stdout and stderr in a
+/// log file that is printed when it is dropped during a failing test.
+pub struct Held {
+    what: String,
+    log: PathBuf,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Held {
+    /// Starts `program args` with `env`, logging to `log`.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(
+        what: &str,
+        program: &Path,
+        args: &[S],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Held {
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(HOLD_SCRIPT)
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stdin = child.stdin.take();
+        Held {
+            what: what.to_string(),
+            log: log.to_path_buf(),
+            child,
+            stdin,
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Has it exited (it should not have)?
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(200)..].join("\n");
+            eprintln!(
+                "--- {} (last 200 lines of {}) ---\n{tail}\n--- end of {} ---",
+                self.what,
+                self.log.display(),
+                self.what
+            );
+        }
+    }
+}
+
 /// A running `tenancy-fixer serve`, stopped on drop.
 pub struct Serve {
     pub port: u16,
@@ -153,12 +226,9 @@ impl Serve {
         let port = if port == 0 { free_port() } else { port };
         let config_file = tempdir("serve").join("config.yaml");
         std::fs::write(&config_file, settings_yaml).unwrap();
-        // `sh` holds the server and stops it (SIGTERM) when our end of its stdin closes (test
-        // exit); its exit status is the server's.
-        let script = r#""$@" & pid=$!; trap 'kill $pid 2>/dev/null; wait $pid; exit' TERM INT; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"#;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(script)
+            .arg(HOLD_SCRIPT)
             .arg("sh")
             .arg(env!("CARGO_BIN_EXE_tenancy-fixer"))
             .arg("serve")
