@@ -51,7 +51,6 @@ use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use support::{scenario::create_profile, *};
 use tenancy_fixer::config::Settings;
@@ -241,8 +240,9 @@ async fn client_as(plane: &ControlPlane, user: &str) -> Client {
 fn katib_manifest(name: &str) -> Vec<Value> {
     let path = repo_root().join("target/katib/manifests").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
         .filter(|doc| !doc.is_null())
         .collect()
 }
@@ -290,13 +290,13 @@ async fn start_katib(
     )
     .await;
 
-    let mut kubeconfig: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(plane.kubeconfig()).unwrap()).unwrap();
+    let mut kubeconfig: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(plane.kubeconfig()).unwrap()).unwrap();
     kubeconfig["users"][0]["user"]["as"] = KATIB_CONTROLLER.into();
     let kubeconfig_file = dir.join("katib-kubeconfig");
     std::fs::write(
         &kubeconfig_file,
-        serde_yaml::to_string(&kubeconfig).unwrap(),
+        serde_saphyr::to_string(&kubeconfig).unwrap(),
     )
     .unwrap();
 
