@@ -193,6 +193,8 @@ impl Drop for Held {
 /// A running `tenancy-fixer serve`, stopped on drop.
 pub struct Serve {
     pub port: u16,
+    /// Where its `/metrics` is served (plain HTTP).
+    pub metrics_port: u16,
     pub config_file: PathBuf,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -224,6 +226,7 @@ impl Serve {
         ready_marker: &str,
     ) -> Serve {
         let port = if port == 0 { free_port() } else { port };
+        let metrics_port = free_port();
         let config_file = tempdir("serve").join("config.yaml");
         std::fs::write(&config_file, settings_yaml).unwrap();
         let mut child = Command::new("/bin/sh")
@@ -242,6 +245,8 @@ impl Serve {
             .arg(&tls.key)
             .arg("--kubeconfig")
             .arg(plane.kubeconfig())
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .args(extra_args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
@@ -255,6 +260,7 @@ impl Serve {
         let stdin = child.stdin.take();
         Serve {
             port,
+            metrics_port,
             config_file,
             child,
             stdin,
@@ -263,6 +269,24 @@ impl Serve {
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET /metrics`: the text exposition, as Prometheus scrapes it.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.to_string()
     }
 
     /// Stops the server and waits for it; its exit status.
@@ -293,6 +317,14 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// The value of the sample `name{labels}` (`name` alone when it has no labels) in a scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 pub fn free_port() -> u16 {

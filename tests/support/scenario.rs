@@ -304,6 +304,21 @@ pub async fn profile_objects_follow_profile_and_namespace(scenario: &Scenario, n
     }
     gone(&profiles, name, "profile deleted").await;
     delete_namespace(&client, name).await;
+
+    // What the controller did shows in its metrics.
+    let scrape = RUNNING.get().unwrap().serve.scrape();
+    let at_least = |series: &str, least: f64| {
+        let value = sample(&scrape, series).unwrap_or_else(|| panic!("no {series}\n{scrape}"));
+        assert!(value >= least, "{series} = {value}\n{scrape}");
+    };
+    at_least("tenancy_fixer_controller_reconciles_total", 1.0);
+    at_least("tenancy_fixer_controller_applies_total", 1.0);
+    at_least("tenancy_fixer_controller_deletes_total", 0.0);
+    assert_eq!(
+        sample(&scrape, "tenancy_fixer_controller_leader"),
+        Some(1.0),
+        "{scrape}"
+    );
 }
 
 fn trial_manifest(version: &str, name: &str) -> Value {
@@ -633,6 +648,63 @@ pub async fn workloads_are_stored_mutated(scenario: &Scenario, ns: &str) {
 
     tenant_cannot_obtain_the_label(&client, ns).await;
     delete_namespace(&client, ns).await;
+    admission_shows_in_the_metrics();
+}
+
+/// The reviews above (the API server calling the webhook) counted by webhook, kind, outcome and
+/// rule, timed, and the serving certificate's expiry known.
+fn admission_shows_in_the_metrics() {
+    let scrape = RUNNING.get().unwrap().serve.scrape();
+    let value =
+        |series: &str| sample(&scrape, series).unwrap_or_else(|| panic!("no {series}\n{scrape}"));
+    for (series, least) in [
+        (
+            r#"tenancy_fixer_admission_requests_total{webhook="/mutate/pods",kind="Pod",outcome="patched"}"#,
+            3.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_requests_total{webhook="/mutate/pods",kind="Pod",outcome="unchanged"}"#,
+            1.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_requests_total{webhook="/mutate/jobs",kind="Job",outcome="patched"}"#,
+            2.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_requests_total{webhook="/mutate/trials",kind="Trial",outcome="patched"}"#,
+            1.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_rule_applications_total{rule="notebook-label"}"#,
+            1.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_rule_applications_total{rule="trial-workload"}"#,
+            1.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_rule_applications_total{rule="reserved-label"}"#,
+            1.0,
+        ),
+        (
+            r#"tenancy_fixer_admission_review_seconds_count{webhook="/mutate/pods"}"#,
+            4.0,
+        ),
+    ] {
+        assert!(
+            value(series) >= least,
+            "{series} = {}\n{scrape}",
+            value(series)
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        value("tenancy_fixer_certificate_expiry_timestamp_seconds") > now,
+        "{scrape}"
+    );
 }
 
 /// A namespace contributor (`edit`, not an admin, acting as themselves) cannot get the reserved
