@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 
 /// How long a CA made here is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Certificates start this much before they are made (clocks of API servers and replicas differ).
+/// Certificates start this much before they are made (clocks of API servers and replicas
+/// differ); a short-lived serving certificate by a quarter of its validity at most.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +101,7 @@ fn renewed(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = now - BACKDATE;
+    params.not_before = now - BACKDATE.min(validity / 4);
     params.not_after = now + validity;
     let cert = params.signed_by(&key, &issuer)?.pem();
     Ok(Bundle {

@@ -191,6 +191,14 @@ pub const DEFAULT_IMAGE: &str = "tenancy-fixer:latest";
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Port the container serves HTTPS on (the Service's 443 forwards to it).
 pub const CONTAINER_PORT: i32 = 8443;
+/// The DNS names the API server reaches the webhook Service by, in `namespace`.
+pub fn service_dns_names(namespace: &str) -> Vec<String> {
+    vec![
+        format!("{NAME}.{namespace}.svc"),
+        format!("{NAME}.{namespace}.svc.cluster.local"),
+    ]
+}
+
 /// Port of the Prometheus metrics endpoint (plain HTTP `GET /metrics`).
 pub const METRICS_PORT: i32 = 9090;
 /// cert-manager's cainjector fills a webhook's caBundle from the Certificate this names.

@@ -1,13 +1,13 @@
 //! `serve`: the flags of the Deployment's process; what it runs is [`crate::runtime`].
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
 use super::{CliError, Result, kube_client, load_settings};
 use crate::{
     manifests,
-    runtime::{self, leader_election},
+    runtime::{self, Certificates, certificates::SelfManaged, leader_election},
     webhook::{self, TlsFiles},
 };
 
@@ -24,12 +24,51 @@ pub struct ServeArgs {
         env = "TENANCY_FIXER_LISTEN"
     )]
     pub listen: SocketAddr,
-    /// PEM file with the serving certificate (chain); reloaded when it changes.
-    #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_TLS_CERT")]
-    pub tls_cert: PathBuf,
+    /// PEM file with the serving certificate (chain); reloaded when it changes. Without it the certificate is self-managed.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TENANCY_FIXER_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// PEM file with the serving certificate's private key; reloaded when it changes.
-    #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_TLS_KEY")]
-    pub tls_key: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TENANCY_FIXER_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Self-managed certificates: the Secret holding the CA and serving certificate.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "tenancy-fixer-certs",
+        env = "TENANCY_FIXER_CERTIFICATE_SECRET"
+    )]
+    pub certificate_secret: String,
+    /// Self-managed certificates: the Secret's namespace (default: env POD_NAMESPACE, else `tenancy-fixer`).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "TENANCY_FIXER_CERTIFICATE_NAMESPACE"
+    )]
+    pub certificate_namespace: Option<String>,
+    /// Self-managed certificates: DNS names or IP addresses of the serving certificate (default: the Service's DNS names).
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        env = "TENANCY_FIXER_CERTIFICATE_NAMES"
+    )]
+    pub certificate_names: Vec<String>,
+    /// Self-managed certificates: lifetime of a serving certificate in seconds (renewed after two thirds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 90 * 24 * 3600, value_parser = clap::value_parser!(u64).range(10..), env = "TENANCY_FIXER_CERTIFICATE_VALIDITY")]
+    pub certificate_validity: u64,
+    /// Self-managed certificates: seconds between checks of the Secret and the caBundle.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..), env = "TENANCY_FIXER_CERTIFICATE_CHECK_INTERVAL")]
+    pub certificate_check_interval: u64,
     /// Kubeconfig to reach the cluster with (default: in-cluster config, else KUBECONFIG or ~/.kube/config).
     #[arg(long, value_name = "PATH", env = "TENANCY_FIXER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -66,6 +105,11 @@ impl ServeArgs {
             listen,
             tls_cert,
             tls_key,
+            certificate_secret,
+            certificate_namespace,
+            certificate_names,
+            certificate_validity,
+            certificate_check_interval,
             kubeconfig,
             no_controller,
             leader_elect,
@@ -76,6 +120,27 @@ impl ServeArgs {
             limits,
         } = self;
         let settings = load_settings(config.as_deref())?;
+        let certificates = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Certificates::Files(TlsFiles::new(cert, key)),
+            _ => {
+                let namespace =
+                    runtime::own_namespace(certificate_namespace, |key| std::env::var(key).ok());
+                let names = if certificate_names.is_empty() {
+                    manifests::service_dns_names(&namespace)
+                } else {
+                    certificate_names
+                };
+                Certificates::SelfManaged(SelfManaged {
+                    namespace,
+                    secret: certificate_secret,
+                    webhook_configuration: manifests::WEBHOOK_CONFIGURATION_NAME.into(),
+                    names,
+                    validity: Duration::from_secs(certificate_validity),
+                    check_interval: Duration::from_secs(certificate_check_interval),
+                })
+            }
+        };
+        let needs_client = !no_controller || matches!(certificates, Certificates::SelfManaged(_));
         let election = leader_elect.then(|| {
             leader_election(
                 lease_namespace,
@@ -90,17 +155,18 @@ impl ServeArgs {
             .build()
             .map_err(CliError::Runtime)?;
         tokio.block_on(async {
-            let client = if no_controller {
-                None
-            } else {
+            let client = if needs_client {
                 Some(kube_client(kubeconfig.as_deref()).await?)
+            } else {
+                None
             };
             let options = runtime::Options {
                 listen,
-                tls: TlsFiles::new(tls_cert, tls_key),
+                certificates,
                 limits,
                 metrics: metrics_listen,
                 client,
+                controller: !no_controller,
                 election,
             };
             Ok(runtime::serve(settings, options).await?)

@@ -35,7 +35,7 @@ pub mod limits;
 pub mod tls;
 
 pub use limits::{BODY_LIMIT, Limits};
-pub use tls::{TlsError, TlsFiles};
+pub use tls::{Tls, TlsError, TlsFiles};
 
 /// How long open requests may take to finish once shutdown has begun.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -257,7 +257,7 @@ pub fn https_server(
 /// watched and reloaded when they change.
 pub async fn serve(
     addr: SocketAddr,
-    tls: TlsFiles,
+    tls: impl Into<Tls>,
     config: Arc<Config>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -271,12 +271,19 @@ pub async fn serve(
 /// Logs `listening on https://ADDR` once the listener accepts connections.
 pub async fn serve_listener(
     listener: std::net::TcpListener,
-    tls: TlsFiles,
+    tls: impl Into<Tls>,
     config: Arc<Config>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let rustls = tls.load().await?;
+    let (rustls, reloader) = match tls.into() {
+        Tls::Files(files) => {
+            let rustls = files.load().await?;
+            let watcher = tls::watch(rustls.clone(), files, tls::RELOAD_INTERVAL);
+            (rustls, Some(tokio::spawn(watcher)))
+        }
+        Tls::Managed(rustls) => (rustls, None),
+    };
     let local = listener.local_addr().map_err(WebhookError::Serve)?;
     let server =
         https_server(listener, rustls.clone(), &limits).map_err(|source| WebhookError::Bind {
@@ -296,7 +303,6 @@ pub async fn serve_listener(
             handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
         }
     });
-    let reloader = tokio::spawn(tls::watch(rustls, tls, tls::RELOAD_INTERVAL));
 
     // The socket is bound and listening already: connections made from now on are served.
     tracing::info!("listening on https://{local}");
@@ -305,7 +311,9 @@ pub async fn serve_listener(
         .serve(router(config, &limits).into_make_service())
         .await;
     stopper.abort();
-    reloader.abort();
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     result.map_err(WebhookError::Serve)?;
     tracing::info!("webhook server stopped");
     Ok(())

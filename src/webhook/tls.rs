@@ -83,33 +83,7 @@ impl TlsFiles {
     async fn server_config(&self) -> Result<ServerConfig, TlsError> {
         let cert = read_pem_file(&self.cert).await?;
         let key = read_pem_file(&self.key).await?;
-        let chain = CertificateDer::pem_slice_iter(&cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| pem_error(&self.cert, source))?;
-        if chain.is_empty() {
-            return Err(TlsError::NoCertificate {
-                path: self.cert.clone(),
-            });
-        }
-        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|source| match source {
-            pem::Error::NoItemsFound => TlsError::NoKey {
-                path: self.key.clone(),
-            },
-            source => pem_error(&self.key, source),
-        })?;
-        let expiry = not_after(&chain[0]);
-        let provider = CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-            .map_err(TlsError::Identity)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        if let Some(expiry) = expiry {
-            crate::metrics::metrics().certificate_expires(expiry);
-        }
-        Ok(config)
+        server_config(&cert, &self.cert, &key, &self.key)
     }
 
     fn error(&self, source: TlsError) -> WebhookError {
@@ -127,6 +101,58 @@ impl TlsFiles {
             key: file_stamp(&self.key).await?,
         })
     }
+}
+
+/// Where the serving certificate comes from.
+pub enum Tls {
+    /// PEM files, watched and reloaded when they change.
+    Files(TlsFiles),
+    /// A configuration its owner reloads (self-managed certificates, `crate::runtime`).
+    Managed(RustlsConfig),
+}
+
+impl From<TlsFiles> for Tls {
+    fn from(files: TlsFiles) -> Self {
+        Tls::Files(files)
+    }
+}
+
+/// A rustls server configuration (TLS 1.3 and 1.2, ALPN http/1.1, the process's crypto
+/// provider, else ring) from a PEM certificate chain and key; `cert_origin` and `key_origin`
+/// name them in errors.
+pub fn server_config(
+    cert: &[u8],
+    cert_origin: &Path,
+    key: &[u8],
+    key_origin: &Path,
+) -> Result<ServerConfig, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| pem_error(cert_origin, source))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_origin.to_path_buf(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::NoKey {
+            path: key_origin.to_path_buf(),
+        },
+        source => pem_error(key_origin, source),
+    })?;
+    let expiry = not_after(&chain[0]);
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(TlsError::Identity)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if let Some(expiry) = expiry {
+        crate::metrics::metrics().certificate_expires(expiry);
+    }
+    Ok(config)
 }
 
 /// When the certificate expires (Unix seconds), if it parses as X.509 (rustls checks the rest).

@@ -225,6 +225,41 @@ impl Serve {
         env: &[(&str, &str)],
         ready_marker: &str,
     ) -> Serve {
+        let (cert, key) = (
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+        );
+        let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+        args.extend_from_slice(extra_args);
+        Self::spawn(plane, settings_yaml, port, &args, env, ready_marker)
+    }
+
+    /// Like [`Serve::start`] without certificate files: the serving certificate is
+    /// self-managed (its flags in `extra_args`).
+    pub fn start_self_managed(
+        plane: &ControlPlane,
+        settings_yaml: &str,
+        port: u16,
+        extra_args: &[&str],
+    ) -> Serve {
+        Self::spawn(
+            plane,
+            settings_yaml,
+            port,
+            extra_args,
+            &[],
+            "listening on https://",
+        )
+    }
+
+    fn spawn(
+        plane: &ControlPlane,
+        settings_yaml: &str,
+        port: u16,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        ready_marker: &str,
+    ) -> Serve {
         let port = if port == 0 { free_port() } else { port };
         let metrics_port = free_port();
         let config_file = tempdir("serve").join("config.yaml");
@@ -239,10 +274,6 @@ impl Serve {
             .arg(&config_file)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--tls-cert")
-            .arg(&tls.cert)
-            .arg("--tls-key")
-            .arg(&tls.key)
             .arg("--kubeconfig")
             .arg(plane.kubeconfig())
             .arg("--metrics-listen")

@@ -1,29 +1,43 @@
 //! The `serve` runtime, what the Deployment runs: the HTTPS admission webhook on every replica,
 //! and the profile controller (while this replica holds the Lease, with leader election),
 //! until SIGTERM/SIGINT or until either of them stops. `auto` settings are decided once, by API
-//! discovery, before anything is served.
+//! discovery, before anything is served. Without certificate files the serving certificate is
+//! self-managed ([`certificates`]).
+
+pub mod certificates;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 use serde_json::Value;
 
+use self::certificates::{CertificatesError, SelfManaged};
 use crate::{
     config::{Capabilities, Settings},
     controller::{self, LeaderElection},
     manifests,
-    webhook::{self, TlsFiles, WebhookError},
+    webhook::{self, Tls, TlsFiles, WebhookError},
 };
+
+/// Where the serving certificate comes from.
+pub enum Certificates {
+    /// PEM files (cert-manager, a mounted Secret), reloaded when they change.
+    Files(TlsFiles),
+    /// Made and renewed by us, in a Secret shared by the replicas (needs the cluster).
+    SelfManaged(SelfManaged),
+}
 
 /// What `serve` was asked to run.
 pub struct Options {
     pub listen: SocketAddr,
-    pub tls: TlsFiles,
+    pub certificates: Certificates,
     pub limits: webhook::Limits,
     /// Where `/metrics` is served (plain HTTP), if anywhere.
     pub metrics: Option<SocketAddr>,
-    /// The cluster; without one only the webhook runs and `auto` means the modern modes.
+    /// The cluster, for the controller and self-managed certificates.
     pub client: Option<kube::Client>,
+    /// Run the profile controller (else only the webhook runs and `auto` means the modern modes).
+    pub controller: bool,
     /// Run the controller only while holding this Lease.
     pub election: Option<LeaderElection>,
 }
@@ -38,16 +52,23 @@ pub enum Error {
     ControllerTask(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error("self-managed certificates: {0}")]
+    Certificates(#[from] CertificatesError),
+    #[error(
+        "self-managed certificates need the cluster: give a kubeconfig, or --tls-cert and --tls-key"
+    )]
+    NoClusterForCertificates,
 }
 
 /// Serves until a signal, or until the webhook or the controller stops.
 pub async fn serve(settings: Settings, options: Options) -> Result<(), Error> {
     let Options {
         listen,
-        tls,
+        certificates,
         limits,
         metrics,
         client,
+        controller,
         election,
     } = options;
     // Bound first, so a taken port fails the start; stopped when `serve` returns.
@@ -62,7 +83,7 @@ pub async fn serve(settings: Settings, options: Options) -> Result<(), Error> {
         }
         None => None,
     };
-    let config = match &client {
+    let config = match client.as_ref().filter(|_| controller) {
         None => {
             tracing::info!("controller disabled: auto settings resolve to the modern modes");
             settings.resolve(&Capabilities::modern())
@@ -95,9 +116,21 @@ pub async fn serve(settings: Settings, options: Options) -> Result<(), Error> {
             }
         }
     };
+    let (tls, _maintenance) = match certificates {
+        Certificates::Files(files) => (Tls::Files(files), None),
+        Certificates::SelfManaged(managed) => {
+            let client = client.clone().ok_or(Error::NoClusterForCertificates)?;
+            let (rustls, serving) = certificates::start(&client, &managed).await?;
+            let maintenance = certificates::maintain(client, managed, rustls.clone(), serving);
+            (
+                Tls::Managed(rustls),
+                Some(AbortOnDrop(tokio::spawn(maintenance))),
+            )
+        }
+    };
     let server = webhook::serve(listen, tls, config.clone(), limits, shutdown);
 
-    let Some(client) = client else {
+    let Some(client) = client.filter(|_| controller) else {
         return Ok(server.await?);
     };
     // Stops the controller (and releases the lease) once the webhook has stopped.
@@ -174,17 +207,27 @@ pub fn leader_election(
     env: impl Fn(&str) -> Option<String>,
     hostname: impl FnOnce() -> Option<String>,
 ) -> LeaderElection {
-    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    let namespace = own_namespace(lease_namespace, &env);
     LeaderElection {
-        namespace: given(lease_namespace)
-            .or_else(|| given(env("POD_NAMESPACE")))
-            .unwrap_or_else(|| manifests::NAMESPACE.into()),
+        namespace,
         lease_name,
         identity: given(lease_identity)
             .or_else(|| given(env("POD_NAME")))
             .or_else(|| given(hostname()))
             .unwrap_or_else(|| format!("tenancy-fixer-{}", std::process::id())),
     }
+}
+
+/// A value given, unless blank.
+fn given(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+/// Our namespace: the flag, else the pod's (downward API `POD_NAMESPACE`), else the install's.
+pub fn own_namespace(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> String {
+    given(flag)
+        .or_else(|| given(env("POD_NAMESPACE")))
+        .unwrap_or_else(|| manifests::NAMESPACE.into())
 }
 
 /// The kernel's hostname (a pod's name, unless the pod sets another), else `$HOSTNAME`.
