@@ -52,7 +52,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhook over HTTPS and run the profile controller.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the admission rules to a Pod, Job, Trial or AdmissionReview from a file (offline).
     Mutate(MutateArgs),
     /// Print the objects kept for a Profile in the configured mode (offline).
