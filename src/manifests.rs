@@ -185,6 +185,9 @@ pub const NAMESPACE: &str = "tenancy-fixer";
 pub const NAME: &str = "tenancy-fixer";
 /// The Secret (`tls.crt`, `tls.key`) holding the serving certificate, for the Service's DNS name.
 pub const TLS_SECRET: &str = "tenancy-fixer-tls";
+/// The Secret `serve` keeps its self-managed CA and serving certificate in (no certificate
+/// files given: the default install).
+pub const SELF_MANAGED_SECRET: &str = "tenancy-fixer-certs";
 /// The image `manifests` puts in the Deployment unless told otherwise.
 pub const DEFAULT_IMAGE: &str = "tenancy-fixer:latest";
 /// Key of the settings file in the ConfigMap.
@@ -258,6 +261,8 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_saphyr::ser:
         failure_policy,
         settings,
     } = install;
+    // Without a CA to trust or cert-manager, serve manages its certificate itself.
+    let self_managed = ca_bundle.is_none() && !cert_manager;
     let mut out = String::from(INSTALL_HEADER);
     let mut doc = |comment: Option<&str>,
                    object: &dyn erased::Yaml|
@@ -284,7 +289,7 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_saphyr::ser:
             "Cluster-wide: what the profile controller reads and writes. API discovery needs no rule\n\
              (system:discovery is bound to every authenticated user).",
         ),
-        &cluster_role(),
+        &cluster_role(self_managed),
     )?;
     doc(
         None,
@@ -313,8 +318,13 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_saphyr::ser:
             subjects: Some(vec![service_account_subject()]),
         },
     )?;
-    let election = "Leader election: only the Lease holder runs the controller; every replica serves admission.";
-    doc(Some(election), &lease_role())?;
+    let election = if self_managed {
+        "Leader election: only the Lease holder runs the controller; every replica serves admission.\n\
+         Self-managed certificates: the Secret holding the CA and the serving certificate."
+    } else {
+        "Leader election: only the Lease holder runs the controller; every replica serves admission."
+    };
+    doc(Some(election), &namespace_role(self_managed))?;
     doc(
         None,
         &RoleBinding {
@@ -346,7 +356,7 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_saphyr::ser:
         doc(None, &certificate)?;
     }
     doc(None, &service())?;
-    doc(None, &deployment(image))?;
+    doc(None, &deployment(image, !self_managed))?;
 
     let endpoint = Endpoint::Service {
         namespace: NAMESPACE.into(),
@@ -376,8 +386,8 @@ pub fn install_manifests(install: &Install) -> Result<String, serde_saphyr::ser:
             ))
         }
         (None, false) => Some(format!(
-            "caBundle is empty: render with `--ca-bundle ca.crt` (the CA that signed {TLS_SECRET}), or let\n\
-             cert-manager fill it: `--cert-manager` adds its {INJECT_CA_FROM} annotation."
+            "caBundle is filled by tenancy-fixer itself: the CA of its self-managed certificates \
+             (Secret {NAMESPACE}/{SELF_MANAGED_SECRET})."
         )),
     };
     doc(comment.as_deref(), &webhooks)?;
@@ -445,8 +455,8 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// The controller's cluster-wide access: Profiles (watch, and patch to remove the finalizer of an
 /// earlier version), Namespaces (watch), and every
 /// kind it manages (watch, server-side apply, delete), also those of modes not configured (it
-/// cleans them up).
-pub fn cluster_role() -> ClusterRole {
+/// cleans them up); with self-managed certificates, our own webhook configuration (its caBundle).
+pub fn cluster_role(self_managed: bool) -> ClusterRole {
     let mut rules = vec![
         rule(
             &Profile::group(&()),
@@ -462,6 +472,15 @@ pub fn cluster_role() -> ClusterRole {
             &[&resource.plural],
             &["get", "list", "watch", "create", "patch", "delete"],
         ));
+    }
+    if self_managed {
+        let mut own = rule(
+            "admissionregistration.k8s.io",
+            &["mutatingwebhookconfigurations"],
+            &["get", "update"],
+        );
+        own.resource_names = Some(vec![WEBHOOK_CONFIGURATION_NAME.into()]);
+        rules.push(own);
     }
     ClusterRole {
         metadata: meta(NAME, None),
@@ -487,16 +506,30 @@ pub fn events_role() -> Role {
     }
 }
 
-/// The Lease of leader election, in our namespace: `create` cannot be limited to a name.
-pub fn lease_role() -> Role {
-    let mut named = rule("coordination.k8s.io", &["leases"], &["get", "patch"]);
-    named.resource_names = Some(vec![NAME.into()]);
+/// In our namespace: the Lease of leader election and, with self-managed certificates, their
+/// Secret (`create` cannot be limited to a name).
+pub fn namespace_role(self_managed: bool) -> Role {
+    let named = |group: &str, resource: &str, verbs: &[&str], name: &str| {
+        let mut rule = rule(group, &[resource], verbs);
+        rule.resource_names = Some(vec![name.into()]);
+        rule
+    };
+    let mut rules = vec![
+        rule("coordination.k8s.io", &["leases"], &["create"]),
+        named("coordination.k8s.io", "leases", &["get", "patch"], NAME),
+    ];
+    if self_managed {
+        rules.push(rule("", &["secrets"], &["create"]));
+        rules.push(named(
+            "",
+            "secrets",
+            &["get", "update"],
+            SELF_MANAGED_SECRET,
+        ));
+    }
     Role {
         metadata: meta(NAME, Some(NAMESPACE)),
-        rules: Some(vec![
-            rule("coordination.k8s.io", &["leases"], &["create"]),
-            named,
-        ]),
+        rules: Some(rules),
     }
 }
 
@@ -539,7 +572,9 @@ fn service() -> Service {
     }
 }
 
-fn deployment(image: &str) -> Deployment {
+/// The Deployment; `certificate_files`: serve the certificate mounted from [`TLS_SECRET`]
+/// (cert-manager, or made by hand), else self-managed.
+fn deployment(image: &str, certificate_files: bool) -> Deployment {
     let downward = |name: &str, field: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -570,15 +605,28 @@ fn deployment(image: &str) -> Deployment {
     let container = Container {
         name: NAME.into(),
         image: Some(image.into()),
-        args: Some(vec![
-            "serve".into(),
-            format!("--config={CONFIG_DIR}/{CONFIG_KEY}"),
-            format!("--tls-cert={TLS_DIR}/tls.crt"),
-            format!("--tls-key={TLS_DIR}/tls.key"),
-            format!("--listen=0.0.0.0:{CONTAINER_PORT}"),
-            format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
-            "--leader-elect".into(),
-        ]),
+        args: Some(
+            [
+                vec![
+                    "serve".into(),
+                    format!("--config={CONFIG_DIR}/{CONFIG_KEY}"),
+                ],
+                if certificate_files {
+                    vec![
+                        format!("--tls-cert={TLS_DIR}/tls.crt"),
+                        format!("--tls-key={TLS_DIR}/tls.key"),
+                    ]
+                } else {
+                    vec![format!("--certificate-secret={SELF_MANAGED_SECRET}")]
+                },
+                vec![
+                    format!("--listen=0.0.0.0:{CONTAINER_PORT}"),
+                    format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
+                    "--leader-elect".into(),
+                ],
+            ]
+            .concat(),
+        ),
         // The Lease's namespace and this replica's identity in it; the allocator's settings.
         env: Some(vec![
             downward("POD_NAME", "metadata.name"),
@@ -626,7 +674,11 @@ fn deployment(image: &str) -> Deployment {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![mount("config", CONFIG_DIR), mount("tls", TLS_DIR)]),
+        volume_mounts: Some(if certificate_files {
+            vec![mount("config", CONFIG_DIR), mount("tls", TLS_DIR)]
+        } else {
+            vec![mount("config", CONFIG_DIR)]
+        }),
         ..Container::default()
     };
     let pod = PodSpec {
@@ -662,24 +714,27 @@ fn deployment(image: &str) -> Deployment {
             }),
             ..Affinity::default()
         }),
-        volumes: Some(vec![
-            Volume {
+        volumes: Some({
+            let mut volumes = vec![Volume {
                 name: "config".into(),
                 config_map: Some(ConfigMapVolumeSource {
                     name: NAME.into(),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()
-            },
-            Volume {
-                name: "tls".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(TLS_SECRET.into()),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-        ]),
+            }];
+            if certificate_files {
+                volumes.push(Volume {
+                    name: "tls".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(TLS_SECRET.into()),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+            }
+            volumes
+        }),
         ..PodSpec::default()
     };
     Deployment {
@@ -795,7 +850,7 @@ mod tests {
 
     #[test]
     fn cluster_role_covers_exactly_what_the_controller_touches() {
-        let role = cluster_role();
+        let role = cluster_role(false);
         let rules = role.rules.unwrap();
         let of = |resource: &str| {
             let rule = rules
@@ -887,13 +942,21 @@ mod tests {
             container["resources"]["requests"],
             serde_json::json!({"cpu": "50m", "memory": "32Mi"})
         );
+        // Self-managed certificates by default: no certificate volume or files.
         let volumes = pod["volumes"].as_array().unwrap();
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0]["configMap"]["name"], NAME);
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(!args.iter().any(|a| a.starts_with("--tls-")), "{args:?}");
         assert!(
-            volumes
-                .iter()
-                .any(|v| v["secret"]["secretName"] == TLS_SECRET)
+            args.contains(&format!("--certificate-secret={SELF_MANAGED_SECRET}").as_str()),
+            "{args:?}"
         );
-        assert!(volumes.iter().any(|v| v["configMap"]["name"] == NAME));
 
         let service = find(&docs, "Service");
         assert_eq!(service["spec"]["ports"][0]["port"], 443);
@@ -930,18 +993,54 @@ mod tests {
         assert!(text.contains("kfpAccess: auto"), "{text}");
     }
 
+    /// The rules self-managed certificates need, only where they are self-managed.
+    fn certificate_rules(docs: &[Value]) -> (Vec<Value>, Vec<Value>) {
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == NAMESPACE)
+            .unwrap();
+        let secrets = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"][0] == "secrets")
+            .cloned()
+            .collect();
+        let own = find(docs, "ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"][0] == "mutatingwebhookconfigurations")
+            .cloned()
+            .collect();
+        (secrets, own)
+    }
+
     #[test]
     fn ca_bundle_and_cert_manager_options() {
         let plain = install_manifests(&Install::default()).unwrap();
-        assert!(plain.contains("# caBundle is empty"), "{plain}");
         assert!(
-            plain.contains(INJECT_CA_FROM),
-            "the comment names the annotation"
+            plain.contains("# caBundle is filled by tenancy-fixer itself"),
+            "{plain}"
         );
         assert!(
             !documents(&plain)
                 .iter()
                 .any(|d| d["metadata"]["annotations"].is_object())
+        );
+        let (secrets, own) = certificate_rules(&documents(&plain));
+        assert_eq!(
+            secrets,
+            [
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"], "resourceNames": [SELF_MANAGED_SECRET]}),
+            ]
+        );
+        assert_eq!(
+            own,
+            [
+                serde_json::json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": ["get", "update"], "resourceNames": [WEBHOOK_CONFIGURATION_NAME]})
+            ]
         );
 
         let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_vec();
@@ -958,6 +1057,26 @@ mod tests {
             serde_json::from_value(hook["clientConfig"]["caBundle"].clone()).unwrap();
         assert_eq!(bundle.0, pem);
         assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(
+            certificate_rules(&docs),
+            (vec![], vec![]),
+            "files: no Secret access"
+        );
+        let deployment = find(&docs, "Deployment");
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == TLS_SECRET)
+        );
+        assert!(
+            pod["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(format!("--tls-cert={TLS_DIR}/tls.crt")))
+        );
 
         let managed = install_manifests(&Install {
             cert_manager: true,
