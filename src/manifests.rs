@@ -95,7 +95,7 @@ pub fn webhook_configuration(
             },
         };
         MutatingWebhook {
-            name: format!("{name}.tenancy-fixer.kubeflow.org"),
+            name: format!("{name}.{WEBHOOK_SUFFIX}"),
             admission_review_versions: vec!["v1".into()],
             client_config,
             failure_policy: Some(
@@ -141,15 +141,9 @@ pub fn webhook_configuration(
                 vec![rule_of("", &["v1"], "pods", CREATE_UPDATE)],
             ),
             webhook(
-                "jobs",
+                WORKLOADS_WEBHOOK,
                 "/mutate/jobs",
-                WorkloadKind::ALL
-                    .into_iter()
-                    .map(|kind| {
-                        let (group, version, _, resource) = kind.gvkr();
-                        rule_of(group, &[version], resource, CREATE_UPDATE)
-                    })
-                    .collect(),
+                workload_rules(&WorkloadKind::ALL),
             ),
             webhook(
                 "trials",
@@ -161,6 +155,23 @@ pub fn webhook_configuration(
 }
 
 const CREATE_UPDATE: &[&str] = &["CREATE", "UPDATE"];
+
+/// Our webhooks are named `<kind of object>.<this>`.
+pub const WEBHOOK_SUFFIX: &str = "tenancy-fixer.kubeflow.org";
+/// The webhook of trial workloads.
+pub const WORKLOADS_WEBHOOK: &str = "jobs";
+
+/// The rules of the workloads webhook for `kinds` (an install registers every kind; `serve`
+/// with self-managed certificates keeps them to the kinds the cluster serves).
+pub fn workload_rules(kinds: &[WorkloadKind]) -> Vec<RuleWithOperations> {
+    kinds
+        .iter()
+        .map(|kind| {
+            let (group, version, _, resource) = kind.gvkr();
+            rule_of(group, &[version], resource, CREATE_UPDATE)
+        })
+        .collect()
+}
 
 /// The webhook rule for namespaced `resource` of `group` in `versions`, on `operations`.
 fn rule_of(

@@ -63,6 +63,24 @@ async fn register_without_ca(client: &Client, port: u16, failure_policy: Failure
         .unwrap();
 }
 
+/// The resources the workloads webhook's rules name.
+async fn workload_resources(client: &Client) -> Vec<String> {
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(manifests::WEBHOOK_CONFIGURATION_NAME)
+        .await
+        .unwrap()
+        .webhooks
+        .unwrap()
+        .into_iter()
+        .find(|w| w.name.starts_with("jobs."))
+        .unwrap()
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|rule| rule.resources.unwrap_or_default())
+        .collect()
+}
+
 async fn secret(client: &Client, name: &str) -> Secret {
     Api::<Secret>::namespaced(client.clone(), NAMESPACE)
         .get(name)
@@ -242,6 +260,21 @@ async fn self_managed_certificates_bootstrap_are_shared_and_rotate_without_a_los
     assert_eq!(key(&last, "ca.crt"), ca, "the CA (and caBundle) stays");
     assert_eq!(der(&key(&last, "tls.crt")), *served.last().unwrap());
     assert!(ca_bundles(&client).await.iter().all(|bundle| *bundle == ca));
+
+    // The workloads webhook names only the kinds the cluster serves (here batch Jobs: no
+    // Training Operator, JobSet or Trainer), and a kind installed later joins at the next check.
+    eventually("workload rules limited to the served kinds", || async {
+        (workload_resources(&client).await == ["jobs"]).then_some(())
+    })
+    .await;
+    let crd_file = repo_root().join("target/crds/training-operator/pytorchjobs.kubeflow.org.yaml");
+    let crd: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&crd_file).unwrap()).unwrap();
+    create(&client, None, &crd).await;
+    eventually("PyTorchJobs join the workload rules", || async {
+        (workload_resources(&client).await == ["jobs", "pytorchjobs"]).then_some(())
+    })
+    .await;
     drop(serve);
 
     // A Secret of that name we did not make is never touched: serve refuses to start.

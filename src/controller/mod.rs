@@ -113,19 +113,45 @@ pub async fn discover(client: &Client) -> Result<Capabilities> {
     ))
 }
 
-/// The managed kinds the cluster serves: group/version served and the kind listed in it (a
-/// group/version can be served by other CRDs without ours).
+/// The managed kinds the cluster serves.
 async fn served_kinds(client: &Client) -> Result<Vec<ManagedKind>> {
+    served(client, ManagedKind::ALL.into_iter(), |kind| {
+        let ar = kind.api_resource();
+        (ar.api_version, ar.kind)
+    })
+    .await
+}
+
+/// The trial workload kinds the cluster serves (the webhook's rules follow them).
+pub async fn served_workload_kinds(client: &Client) -> Result<Vec<crate::model::WorkloadKind>> {
+    served(
+        client,
+        crate::model::WorkloadKind::ALL.into_iter(),
+        |kind| {
+            let (group, version, kind, _) = kind.gvkr();
+            (format!("{group}/{version}"), kind.to_string())
+        },
+    )
+    .await
+}
+
+/// The candidates the cluster serves: group/version served and the kind listed in it (a
+/// group/version can be served by other CRDs without ours: kubeflow.org/v1 by the Profile alone).
+async fn served<T: Copy>(
+    client: &Client,
+    candidates: impl Iterator<Item = T>,
+    type_of: impl Fn(T) -> (String, String),
+) -> Result<Vec<T>> {
     let caps = discover(client).await?;
     let mut kinds_by_gv: Vec<(String, BTreeSet<String>)> = Vec::new();
     let mut served = Vec::new();
-    for kind in ManagedKind::ALL {
-        let ar = kind.api_resource();
-        if !caps.serves(&ar.api_version) {
+    for candidate in candidates {
+        let (api_version, kind) = type_of(candidate);
+        if !caps.serves(&api_version) {
             continue;
         }
-        if !kinds_by_gv.iter().any(|(gv, _)| *gv == ar.api_version) {
-            let kinds = match client.list_api_group_resources(&ar.api_version).await {
+        if !kinds_by_gv.iter().any(|(gv, _)| *gv == api_version) {
+            let kinds = match client.list_api_group_resources(&api_version).await {
                 Ok(list) => list
                     .resources
                     .into_iter()
@@ -135,13 +161,13 @@ async fn served_kinds(client: &Client) -> Result<Vec<ManagedKind>> {
                 Err(kube::Error::Api(status)) if status.is_not_found() => BTreeSet::new(),
                 Err(e) => return Err(Error::Discovery(e)),
             };
-            kinds_by_gv.push((ar.api_version.clone(), kinds));
+            kinds_by_gv.push((api_version.clone(), kinds));
         }
         if kinds_by_gv
             .iter()
-            .any(|(gv, kinds)| *gv == ar.api_version && kinds.contains(&ar.kind))
+            .any(|(gv, kinds)| *gv == api_version && kinds.contains(&kind))
         {
-            served.push(kind);
+            served.push(candidate);
         }
     }
     Ok(served)

@@ -2,7 +2,8 @@
 //! certificate for all replicas, kept in a Secret of our namespace; the CA published as the
 //! caBundle of our MutatingWebhookConfiguration; the serving certificate renewed well before it
 //! expires (see [`crate::certs`]) and picked up by every replica, with no failed admission:
-//! the CA, and so the caBundle, stays the same.
+//! the CA, and so the caBundle, stays the same. The same check keeps the workloads webhook's
+//! rules to the workload kinds the cluster serves.
 //!
 //! Replicas starting at once do not fight: the Secret is created with POST (one wins, the
 //! others read what it made) and renewed with a resourceVersion precondition (a conflict means
@@ -25,7 +26,9 @@ use time::OffsetDateTime;
 
 use crate::{
     certs::{self, Bundle, Verdict},
+    controller,
     istio::{MANAGED_BY, MANAGED_BY_LABEL},
+    manifests,
     webhook::tls,
 };
 
@@ -89,7 +92,7 @@ type Result<T, E = CertificatesError> = std::result::Result<T, E>;
 pub async fn start(client: &Client, managed: &SelfManaged) -> Result<(RustlsConfig, Bundle)> {
     let bundle = settle(client, managed).await?;
     let rustls = RustlsConfig::from_config(Arc::new(server_config(&bundle, managed)?));
-    publish_ca_bundle(client, managed, &bundle.ca_cert).await?;
+    keep_webhook_configuration(client, managed, &bundle.ca_cert).await?;
     Ok((rustls, bundle))
 }
 
@@ -118,7 +121,7 @@ pub async fn maintain(
                     "serving the renewed certificate"
                 );
             }
-            publish_ca_bundle(&client, &managed, &bundle.ca_cert).await?;
+            keep_webhook_configuration(&client, &managed, &bundle.ca_cert).await?;
             Ok::<_, CertificatesError>(bundle)
         };
         match round.await {
@@ -275,10 +278,29 @@ fn secret(managed: &SelfManaged, bundle: &Bundle, resource_version: Option<Strin
     }
 }
 
-/// Sets `ca` as the caBundle of every webhook of our configuration, when it differs. A missing
-/// configuration (not installed yet) is logged and tried again at the next check.
-async fn publish_ca_bundle(client: &Client, managed: &SelfManaged, ca: &str) -> Result<()> {
+/// Keeps our webhook configuration: `ca` as the caBundle of every webhook, and the workloads
+/// webhook's rules limited to the workload kinds the cluster serves (a kind installed later is
+/// added at the next check). Written only when something differs. A missing configuration (not
+/// installed yet) is logged and tried again at the next check; so is a failed discovery (the
+/// rules are then left as they are).
+async fn keep_webhook_configuration(
+    client: &Client,
+    managed: &SelfManaged,
+    ca: &str,
+) -> Result<()> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let workload_rules = match controller::served_workload_kinds(client).await {
+        Ok(kinds) => Some(manifests::workload_rules(&kinds)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot tell the served workload kinds; webhook rules left as they are");
+            None
+        }
+    };
+    let workloads = format!(
+        "{}.{}",
+        manifests::WORKLOADS_WEBHOOK,
+        manifests::WEBHOOK_SUFFIX
+    );
     let name = &managed.webhook_configuration;
     let webhook_error = |source| CertificatesError::Webhook {
         name: name.clone(),
@@ -297,6 +319,19 @@ async fn publish_ca_bundle(client: &Client, managed: &SelfManaged, ca: &str) -> 
             let bundle = Some(ByteString(ca.as_bytes().to_vec()));
             if webhook.client_config.ca_bundle != bundle {
                 webhook.client_config.ca_bundle = bundle;
+                changed = true;
+            }
+            let served = workload_rules
+                .as_ref()
+                .filter(|_| webhook.name == workloads);
+            if let Some(rules) = served.filter(|rules| webhook.rules.as_ref() != Some(rules)) {
+                tracing::info!(
+                    name,
+                    webhook = webhook.name,
+                    rules = rules.len(),
+                    "workload rules follow the served kinds"
+                );
+                webhook.rules = Some(rules.clone());
                 changed = true;
             }
         }
