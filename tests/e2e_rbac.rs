@@ -4,7 +4,8 @@
 //! leader-elected, as the install's ServiceAccount (the admin client impersonating it), through
 //! every mode: each managed kind is watched, created, applied and deleted, an earlier version's
 //! finalizer removed, Events published, the Lease created, held, released and taken over. Then
-//! `serve --leader-elect` takes the Lease and releases it on SIGTERM. Last, `release-finalizers`
+//! `serve --leader-elect`, as the ServiceAccount with self-managed certificates, makes their
+//! Secret, publishes the caBundle, takes the Lease and releases it on SIGTERM. Last, `release-finalizers`
 //! (uninstalling an earlier version) frees a Profile while the controller is stopped.
 
 mod support;
@@ -285,14 +286,35 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     replica.stop().await;
     wait_for_holder(&admin, None).await;
 
-    // `serve --leader-elect` (as the Deployment runs it) takes the lease, and releases it when
-    // stopped (SIGTERM from the wrapper shell when its stdin closes).
-    let tls = webhook_tls(&tempdir("tls"));
-    let serve = Serve::start_with(
-        plane,
-        "",
-        &tls,
-        0,
+    // `serve --leader-elect` as the Deployment runs it — as the ServiceAccount, with
+    // self-managed certificates — makes its Secret, keeps our webhook configuration (caBundle,
+    // rules), takes the lease, and releases it when stopped (SIGTERM from the wrapper shell when
+    // its stdin closes). The configuration points nowhere (failurePolicy Ignore): only its
+    // fields are checked.
+    let mut hooks = manifests::webhook_configuration(
+        &manifests::Endpoint::Url("https://127.0.0.1:1".into()),
+        b"",
+        manifests::FailurePolicy::Ignore,
+        &config,
+    );
+    hooks.metadata.name = Some(manifests::WEBHOOK_CONFIGURATION_NAME.into());
+    let webhook_configurations: Api<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    > = Api::all(admin.clone());
+    webhook_configurations
+        .create(&PostParams::default(), &hooks)
+        .await
+        .unwrap();
+    let kubeconfig = tempdir("sa").join("kubeconfig");
+    let mut as_account = Kubeconfig::read_from(plane.kubeconfig()).unwrap();
+    for user in &mut as_account.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.impersonate = Some(format!("system:serviceaccount:{NAMESPACE}:{NAME}"));
+        }
+    }
+    std::fs::write(&kubeconfig, serde_saphyr::to_string(&as_account).unwrap()).unwrap();
+    let serve = Serve::start_self_managed_as(
+        &kubeconfig,
         &["--leader-elect"],
         &[
             ("POD_NAMESPACE", NAMESPACE),
@@ -302,6 +324,23 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     );
     wait_for_holder(&admin, Some("tenancy-fixer-serve-0")).await;
     converged(&admin, "rbac-bob", &config).await;
+    let certificates = Api::<Secret>::namespaced(admin.clone(), NAMESPACE)
+        .get(manifests::SELF_MANAGED_SECRET)
+        .await
+        .unwrap();
+    let ca = certificates.data.unwrap()["ca.crt"].0.clone();
+    eventually("the ServiceAccount published the caBundle", || async {
+        let stored = webhook_configurations
+            .get(manifests::WEBHOOK_CONFIGURATION_NAME)
+            .await
+            .ok()?;
+        stored
+            .webhooks?
+            .iter()
+            .all(|w| w.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca))
+            .then_some(())
+    })
+    .await;
     let status = tokio::task::spawn_blocking(move || serve.stop())
         .await
         .unwrap();

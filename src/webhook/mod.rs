@@ -253,8 +253,8 @@ pub fn https_server(
 }
 
 /// Binds `addr` and serves the webhook over TLS until `shutdown` completes, then stops
-/// accepting and gives open requests [`SHUTDOWN_GRACE`] to finish. The certificate files are
-/// watched and reloaded when they change.
+/// accepting and gives open requests [`SHUTDOWN_GRACE`] to finish. Certificate files are
+/// watched and reloaded when they change; a managed configuration is reloaded by its owner.
 pub async fn serve(
     addr: SocketAddr,
     tls: impl Into<Tls>,

@@ -231,7 +231,14 @@ impl Serve {
         );
         let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
         args.extend_from_slice(extra_args);
-        Self::spawn(plane, settings_yaml, port, &args, env, ready_marker)
+        Self::spawn(
+            plane.kubeconfig(),
+            settings_yaml,
+            port,
+            &args,
+            env,
+            ready_marker,
+        )
     }
 
     /// Like [`Serve::start`] without certificate files: the serving certificate is
@@ -243,7 +250,7 @@ impl Serve {
         extra_args: &[&str],
     ) -> Serve {
         Self::spawn(
-            plane,
+            plane.kubeconfig(),
             settings_yaml,
             port,
             extra_args,
@@ -252,8 +259,19 @@ impl Serve {
         )
     }
 
+    /// Like [`Serve::start_self_managed`], reaching the API server through `kubeconfig` (e.g. as
+    /// a ServiceAccount), with environment, ready once a log line contains `ready_marker`.
+    pub fn start_self_managed_as(
+        kubeconfig: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        ready_marker: &str,
+    ) -> Serve {
+        Self::spawn(kubeconfig, "", 0, extra_args, env, ready_marker)
+    }
+
     fn spawn(
-        plane: &ControlPlane,
+        kubeconfig: &Path,
         settings_yaml: &str,
         port: u16,
         extra_args: &[&str],
@@ -275,7 +293,7 @@ impl Serve {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--kubeconfig")
-            .arg(plane.kubeconfig())
+            .arg(kubeconfig)
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(extra_args)
