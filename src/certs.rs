@@ -121,17 +121,33 @@ fn san(name: &str) -> Result<SanType, CertError> {
         .map_err(|_| CertError::Name(name.to_string()))
 }
 
-/// The validity window and names of a PEM certificate.
+/// The validity window and names of a certificate.
 struct Parsed {
     not_before: i64,
     not_after: i64,
     names: Vec<String>,
 }
 
+impl Parsed {
+    /// When it is due for renewal: two thirds of its lifetime (cert-manager's default).
+    fn renewal_due(&self) -> i64 {
+        self.not_before + (self.not_after - self.not_before) * 2 / 3
+    }
+}
+
 fn parse(pem: &str, what: &'static str) -> Result<Parsed, CertError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|_| CertError::Unparsable(what))?;
-    let cert = pem.parse_x509().map_err(|_| CertError::Unparsable(what))?;
+    parse_der(&pem.contents).ok_or(CertError::Unparsable(what))
+}
+
+/// When a DER certificate expires (Unix seconds), if it parses as X.509.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    parse_der(der).map(|cert| cert.not_after)
+}
+
+fn parse_der(der: &[u8]) -> Option<Parsed> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let validity = cert.validity();
     let names = cert
         .subject_alternative_name()
@@ -149,7 +165,7 @@ fn parse(pem: &str, what: &'static str) -> Result<Parsed, CertError> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Parsed {
+    Some(Parsed {
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
         names,
@@ -196,8 +212,7 @@ pub fn verdict(
     if let Some(missing) = names.iter().find(|name| !cert.names.contains(name)) {
         return Verdict::Renew(format!("the certificate does not name {missing}"));
     }
-    let lifetime = cert.not_after - cert.not_before;
-    if now >= cert.not_before + lifetime * 2 / 3 {
+    if now >= cert.renewal_due() {
         return Verdict::Renew(format!(
             "two thirds of its lifetime have passed (expires at {})",
             cert.not_after
@@ -208,8 +223,9 @@ pub fn verdict(
 
 /// When the serving certificate of `bundle` is next due (Unix seconds), if it parses.
 pub fn renewal_due(bundle: &Bundle) -> Option<i64> {
-    let cert = parse(&bundle.cert, "tls.crt").ok()?;
-    Some(cert.not_before + (cert.not_after - cert.not_before) * 2 / 3)
+    parse(&bundle.cert, "tls.crt")
+        .ok()
+        .map(|cert| cert.renewal_due())
 }
 
 #[cfg(test)]

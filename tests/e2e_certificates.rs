@@ -144,6 +144,19 @@ async fn admit_notebook(client: &Client, name: &str) -> Result<Pod, kube::Error>
         .await
 }
 
+/// Waits until the API server calls the webhook over verified TLS (a probe pod comes back
+/// labelled).
+async fn webhook_answers(client: &Client, probe: &str, what: &str) {
+    eventually(what, || async {
+        admit_notebook(client, probe)
+            .await
+            .ok()
+            .filter(labelled)
+            .map(|_| ())
+    })
+    .await;
+}
+
 fn labelled(pod: &Pod) -> bool {
     pod.metadata
         .labels
@@ -193,14 +206,7 @@ async fn self_managed_certificates_bootstrap_are_shared_and_rotate_without_a_los
             .then_some(())
     })
     .await;
-    eventually("the API server calls the webhook", || async {
-        admit_notebook(&client, "bootstrap")
-            .await
-            .ok()
-            .filter(labelled)
-            .map(|_| ())
-    })
-    .await;
+    webhook_answers(&client, "bootstrap", "the API server calls the webhook").await;
     drop((a, b));
 
     // Rotation: 12-second certificates (renewed after 8 s), checked every second, while pods
@@ -227,13 +233,11 @@ async fn self_managed_certificates_bootstrap_are_shared_and_rotate_without_a_los
     );
     let first = secret(&client, "rotating-certs").await;
     let ca = key(&first, "ca.crt");
-    eventually("the API server calls the rotating webhook", || async {
-        admit_notebook(&client, "rotating-probe")
-            .await
-            .ok()
-            .filter(labelled)
-            .map(|_| ())
-    })
+    webhook_answers(
+        &client,
+        "rotating-probe",
+        "the API server calls the rotating webhook",
+    )
     .await;
     let mut served = vec![served_certificate(port, &ca)];
     let (mut admitted, mut refused) = (0, Vec::new());

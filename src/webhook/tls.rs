@@ -140,7 +140,7 @@ pub fn server_config(
         },
         source => pem_error(key_origin, source),
     })?;
-    let expiry = not_after(&chain[0]);
+    let expiry = crate::certs::not_after(chain[0].as_ref());
     let provider = CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -153,12 +153,6 @@ pub fn server_config(
         crate::metrics::metrics().certificate_expires(expiry);
     }
     Ok(config)
-}
-
-/// When the certificate expires (Unix seconds), if it parses as X.509 (rustls checks the rest).
-fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(parsed.validity().not_after.timestamp())
 }
 
 fn pem_error(path: &Path, source: pem::Error) -> TlsError {
