@@ -28,7 +28,7 @@ mod stats;
 
 use std::{collections::BTreeSet, future::Future, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, ResourceExt,
@@ -206,7 +206,7 @@ pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stat
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(profile_writer)
     .applied_objects();
-    let mut controller = Controller::for_stream(profile_events, profiles.clone())
+    let mut controller = Controller::for_stream(errors_kept_back(profile_events), profiles.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
 
     // Namespaces, metadata only. Touched (not only applied) so deletions trigger cleanup.
@@ -220,10 +220,12 @@ pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stat
     .reflect(namespace_writer)
     .touched_objects();
     let (known, kubeflow) = (profiles.clone(), config.settings.kubeflow_namespace.clone());
-    controller =
-        controller.watches_stream(namespace_events, move |ns: PartialObjectMeta<Namespace>| {
+    controller = controller.watches_stream(
+        errors_kept_back(namespace_events),
+        move |ns: PartialObjectMeta<Namespace>| {
             profiles_for_namespace(&ns.name_any(), &kubeflow, &known)
-        });
+        },
+    );
 
     // Managed objects of every served kind, so that objects of another mode are cleaned too.
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
@@ -242,7 +244,7 @@ pub async fn run_with_stats(client: Client, config: Arc<Config>, stats: Arc<Stat
         .touched_objects();
         let known = profiles.clone();
         controller = controller.watches_stream_with(
-            events,
+            errors_kept_back(events),
             move |o: DynamicObject| profile_of_managed(&o, &known),
             ar,
         );
@@ -466,6 +468,27 @@ fn profile_of_managed(
     profiles.get(&profile).map(|_| profile)
 }
 
+/// A trigger stream whose errors are logged here and not passed on to the controller.
+///
+/// Each watch already retries on its own (`default_backoff`). The controller would also back off
+/// on an error, but it does so for the merged stream of *all* its watches: one failing watch
+/// (after an API server restart every watch fails for a while, then gets `410 Gone`) paused
+/// every other one, for up to half a minute per error, and Profiles made meanwhile went
+/// unreconciled for minutes.
+fn errors_kept_back<K: Send + 'static>(
+    events: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    events.filter_map(|event| {
+        future::ready(match event {
+            Ok(object) => Some(Ok(object)),
+            Err(error) => {
+                warn!(%error, "watch failed; retrying with backoff");
+                None
+            }
+        })
+    })
+}
+
 type RunResult =
     std::result::Result<(ObjectRef<Profile>, Action), controller::Error<Error, watcher::Error>>;
 
@@ -478,9 +501,6 @@ fn log_outcome(result: RunResult) {
         }
         // A trigger raced with the profile's deletion.
         Err(controller::Error::ObjectNotFound(profile)) => debug!(%profile, "profile gone"),
-        Err(controller::Error::QueueError(error)) => {
-            warn!(%error, "watch failed; retrying with backoff")
-        }
         Err(error) => error!(%error, "controller failure"),
     }
 }
@@ -501,6 +521,43 @@ mod tests {
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
         writer.as_reader()
+    }
+
+    /// Kube's controller backs off all its triggers together when one yields an error: a failing
+    /// watch must not hold back the events of the others.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_watch_does_not_hold_back_the_others() {
+        use futures::stream;
+        use tokio::time::{Instant, sleep};
+
+        let failing = stream::once(future::ready(Err::<Profile, _>(
+            watcher::Error::NoResourceVersion,
+        )))
+        .chain(stream::pending());
+        let profile_event = stream::once(async {
+            sleep(Duration::from_millis(10)).await;
+            Ok(Profile::new("alice", ProfileSpec::default()))
+        })
+        .chain(stream::pending());
+        let (reconciled, mut reconciles) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
+        let controller =
+            Controller::for_stream(errors_kept_back(profile_event), store_of(&["alice"]))
+                .watches_stream(errors_kept_back(failing), |_: Profile| None)
+                .run(
+                    |_, reconciled: Arc<tokio::sync::mpsc::UnboundedSender<Instant>>| async move {
+                        reconciled.send(Instant::now()).unwrap();
+                        Ok::<_, std::convert::Infallible>(Action::await_change())
+                    },
+                    |_, _, _| Action::await_change(),
+                    Arc::new(reconciled),
+                );
+        tokio::spawn(controller.for_each(|_| future::ready(())));
+        let after = reconciles.recv().await.unwrap() - start;
+        assert!(
+            after < Duration::from_millis(100),
+            "reconciled after {after:?}"
+        );
     }
 
     #[test]

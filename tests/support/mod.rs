@@ -298,7 +298,11 @@ impl Serve {
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(extra_args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
+            // TF_SERVE_LOG: another filter while debugging a test (`info,kube_runtime=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("TF_SERVE_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
