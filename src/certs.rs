@@ -262,6 +262,25 @@ mod tests {
     }
 
     #[test]
+    fn validity_windows_are_backdated_and_a_short_one_by_a_quarter_at_most() {
+        let bundle = new_bundle(&names(), at(T0), 30 * DAY).unwrap();
+        let ca = parse(&bundle.ca_cert, "ca.crt").unwrap();
+        assert_eq!(
+            (ca.not_before, ca.not_after),
+            (T0 - 300, T0 + 10 * 365 * 86_400)
+        );
+        let cert = parse(&bundle.cert, "tls.crt").unwrap();
+        assert_eq!(
+            (cert.not_before, cert.not_after),
+            (T0 - 300, T0 + 30 * 86_400)
+        );
+        // 8 minutes of validity: backdated by 2 minutes, not 5.
+        let short = new_bundle(&names(), at(T0), Duration::from_secs(480)).unwrap();
+        let cert = parse(&short.cert, "tls.crt").unwrap();
+        assert_eq!((cert.not_before, cert.not_after), (T0 - 120, T0 + 480));
+    }
+
+    #[test]
     fn renewal_keeps_the_ca_and_the_result_is_fresh() {
         let bundle = new_bundle(&names(), at(T0), 30 * DAY).unwrap();
         let later = at(T0 + 25 * 86_400);
