@@ -134,7 +134,7 @@ async fn check_reports_each_broken_setup_and_a_healthy_one_exits_0() {
     assert_eq!(code, 0, "{:#?}", problems(&report));
     assert_eq!(
         report["settings"],
-        "defaults (no ConfigMap tenancy-fixer/tenancy-fixer with config.yaml)"
+        "defaults: no ConfigMap tenancy-fixer/tenancy-fixer with config.yaml"
     );
     for key in ["settings", "apis", "modes", "findings", "summary"] {
         assert!(report.get(key).is_some(), "report has {key}");
@@ -193,7 +193,7 @@ async fn check_reports_each_broken_setup_and_a_healthy_one_exits_0() {
     let table = String::from_utf8(table.stdout).unwrap();
     for section in [
         "APIs\n",
-        "\nSettings (from defaults",
+        "\nSettings (from defaults: no ConfigMap",
         "\nFindings\n",
         "0 error(s), 0 warning(s)",
     ] {

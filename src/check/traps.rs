@@ -78,7 +78,7 @@ pub fn findings(facts: &TrapFacts, config: &Config) -> Vec<Finding> {
     let mut findings = webhook_order(&facts.configurations);
     findings.extend(collectors_waiting(
         facts.katib_config.as_ref(),
-        &config.settings.kubeflow_namespace,
+        config,
         injector,
         &native,
     ));
@@ -230,10 +230,11 @@ const COLLECTOR: &str = "katib-collector-waits";
 /// Do Katib's collectors wait for every process while pods may carry an Istio proxy?
 pub fn collectors_waiting(
     katib_config: Option<&BTreeMap<String, String>>,
-    namespace: &str,
+    config: &Config,
     istio_injector: bool,
     native: &NativeSidecars,
 ) -> Vec<Finding> {
+    let namespace = &config.settings.kubeflow_namespace;
     let subject = format!("ConfigMap {namespace}/{KATIB_CONFIG}");
     let Some(data) = katib_config else {
         return vec![Finding::info(
@@ -298,7 +299,7 @@ pub fn collectors_waiting(
              pod tenancy-fixer does not rewrite (webhook down under failurePolicy Ignore, the \
              Kubeflow or an excluded namespace, no {} label) never completes (Katib issue 1383)",
             waiting.join(", "),
-            "kubeflow-extension"
+            config.settings.extension_label
         ),
         format!(
             "set waitAllProcesses: false on every runtime.metricsCollectors entry of {KATIB_CONFIG_KEY} \
@@ -652,7 +653,7 @@ runtime:
         injector: bool,
         native: &NativeSidecars,
     ) -> Vec<(Severity, String)> {
-        collectors_waiting(config, "kubeflow", injector, native)
+        collectors_waiting(config, &crate::testing::config(""), injector, native)
             .into_iter()
             .map(|f| (f.severity, f.what))
             .collect()
@@ -672,7 +673,9 @@ runtime:
         assert!(!found[0].1.contains("File"), "{}", found[0].1);
         let native = waiting(Some(&katib), true, &NativeSidecars::Enabled("x".into()));
         assert!(native[0].1.contains("native sidecar"), "{}", native[0].1);
-        let fix = &collectors_waiting(Some(&katib), "kf", true, &NativeSidecars::Unknown)[0];
+        let kf = config("kubeflowNamespace: kf\nextensionLabel: ext");
+        let fix = &collectors_waiting(Some(&katib), &kf, true, &NativeSidecars::Unknown)[0];
+        assert!(fix.what.contains("no ext label"), "{}", fix.what);
         assert!(
             fix.fix
                 .as_deref()

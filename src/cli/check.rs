@@ -136,7 +136,7 @@ async fn install_settings(client: &Client, namespace: &str) -> Result<SettingsFa
     let text = found.and_then(|cm| cm.data.and_then(|mut data| data.remove(CONFIG_KEY)));
     Ok(match text {
         None => SettingsFacts {
-            source: format!("defaults (no {shown} with {CONFIG_KEY})"),
+            source: format!("defaults: no {shown} with {CONFIG_KEY}"),
             settings: Settings::default(),
             problem: None,
         },
