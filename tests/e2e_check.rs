@@ -2,7 +2,8 @@
 //! first, then broken one way at a time: a foreign object in a Profile's place, Katib's
 //! collector waiting for all processes while an Istio injector is registered, the service not
 //! answering (and a Profile made meanwhile lacking its objects), a caBundle of another CA,
-//! unusable settings in the install's ConfigMap, the webhook not registered. Each run's exit
+//! unusable settings in the install's ConfigMap, a Service reference (from outside the cluster,
+//! then through `--webhook-url`) without ready endpoints, the webhook not registered. Each run's exit
 //! code and JSON report are checked. One test: the webhook configuration is one per cluster.
 
 mod support;
@@ -379,6 +380,99 @@ async fn check_reports_each_broken_setup_and_a_healthy_one_exits_0() {
     cms.delete(manifests::NAME, &DeleteParams::default())
         .await
         .unwrap();
+
+    // The install's way: the webhook names the Service, serve manages its certificate (for
+    // the Service's DNS name) and publishes its CA. The Service's name resolves only in the
+    // cluster: from here the call is reported as not checked, with --webhook-url (a
+    // port-forward, as the README says) it is checked for the Service's name.
+    serve.stop();
+    let by_service = manifests::webhook_configuration(
+        &Endpoint::Service {
+            namespace: manifests::NAMESPACE.into(),
+            name: manifests::NAME.into(),
+            port: 443,
+        },
+        b"",
+        FailurePolicy::Ignore,
+        &config,
+    );
+    webhooks
+        .patch(
+            WEBHOOK_CONFIGURATION_NAME,
+            &PatchParams::apply("tenancy-fixer-local").force(),
+            &Patch::Apply(&by_service),
+        )
+        .await
+        .unwrap();
+    let serve = Serve::start_self_managed(plane, SETTINGS, 0, &[]);
+    eventually("caBundle published", || async {
+        let stored = webhooks.get(WEBHOOK_CONFIGURATION_NAME).await.ok()?;
+        let bundle = stored.webhooks?.first()?.client_config.ca_bundle.clone()?;
+        (!bundle.0.is_empty()).then_some(())
+    })
+    .await;
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": manifests::NAME, "namespace": manifests::NAMESPACE},
+        "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 8443}]},
+    });
+    apply(&client, &service, Some(manifests::NAMESPACE)).await;
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "tenancy-fixer-e2e", "namespace": manifests::NAMESPACE,
+                     "labels": {"kubernetes.io/service-name": manifests::NAME}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.50"], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": 8443}],
+    });
+    apply(&client, &slice, Some(manifests::NAMESPACE)).await;
+    let (code, report) = check(plane, &[]).await;
+    assert_eq!(code, 0, "{:#?}", problems(&report));
+    let (severity, what) = finding(&report, "webhook-answers", PODS);
+    assert_eq!(severity, "info");
+    assert!(
+        what.contains("tenancy-fixer.tenancy-fixer.svc does not resolve from here"),
+        "{what}"
+    );
+    assert_eq!(
+        finding(
+            &report,
+            "webhook-service",
+            "Service tenancy-fixer/tenancy-fixer"
+        ),
+        ("ok".into(), "1 ready endpoint(s)".into())
+    );
+    let via = serve.url();
+    let (code, report) = check(plane, &["--webhook-url", &via]).await;
+    assert_eq!(code, 0, "{:#?}", problems(&report));
+    assert_eq!(
+        finding(&report, "webhook-ca-bundle", PODS),
+        (
+            "ok".into(),
+            "the caBundle trusts the certificate served for tenancy-fixer.tenancy-fixer.svc".into()
+        )
+    );
+    assert_eq!(
+        finding(&report, "webhook-answers", PODS),
+        (
+            "ok".into(),
+            format!(
+                "https://tenancy-fixer.tenancy-fixer.svc:443/mutate/pods via {via} answers reviews"
+            )
+        )
+    );
+    // No ready replica behind the Service.
+    delete(&client, &slice, Some(manifests::NAMESPACE)).await;
+    let (code, report) = check(plane, &["--webhook-url", &via]).await;
+    assert_eq!(code, 1);
+    let (severity, what) = finding(
+        &report,
+        "webhook-service",
+        "Service tenancy-fixer/tenancy-fixer",
+    );
+    assert_eq!(severity, "error");
+    assert!(what.contains("no ready endpoint"), "{what}");
+    assert_eq!(problems(&report).len(), 1, "{:#?}", problems(&report));
 
     // Not registered: one error, nothing else about the webhook.
     webhooks
