@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod controller;

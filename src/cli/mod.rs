@@ -1,12 +1,14 @@
 //! Command line: `serve` runs the webhook and the profile controller (the runtime lives in
 //! [`crate::runtime`]); `mutate` and `render` apply the pure core to files, offline, so a rule or
 //! a mode can be tried without a cluster; `manifests` prints the install manifests,
-//! `release-finalizers` helps uninstall an earlier version, `demo` narrates a local run. One
-//! file per subcommand; this one holds what they share.
+//! `release-finalizers` helps uninstall an earlier version, `demo` narrates a local run, `check`
+//! reports what is wrong in a cluster. One file per subcommand; this one holds what they share.
 //!
 //! Every flag also reads an environment variable (`TENANCY_FIXER_*`), for Deployments.
-//! Exit codes: 0 success, 1 bad input or runtime failure, 2 bad configuration.
+//! Exit codes: 0 success, 1 bad input or runtime failure (or `check` found problems), 2 bad
+//! configuration.
 
+mod check;
 mod demo;
 mod document;
 mod manifests;
@@ -23,6 +25,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 pub use self::{
+    check::{CheckArgs, Output as CheckOutput},
     demo::DemoArgs,
     document::{Format, parse_document, render_value},
     manifests::ManifestsArgs,
@@ -63,6 +66,8 @@ pub enum Command {
     Manifests(ManifestsArgs),
     /// Remove the finalizer earlier versions put on every Profile (uninstalling one without upgrading, after stopping it).
     ReleaseFinalizers(ReleaseFinalizersArgs),
+    /// Read a cluster and report what is wrong: APIs and modes, the webhook, Profiles' objects, known traps (exit 1 on problems).
+    Check(CheckArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +96,17 @@ pub enum CliError {
     Demo(#[source] local_demo::DemoError),
     #[error("cannot release the finalizers: {0}")]
     ReleaseFinalizers(#[source] controller::Error),
+    #[error("cannot discover the cluster's APIs: {0}")]
+    Discovery(#[source] controller::Error),
+    #[error("cannot read {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// `check` printed its report and found problems.
+    #[error("check found {errors} error(s) and {warnings} warning(s)")]
+    ProblemsFound { errors: usize, warnings: usize },
 }
 
 impl CliError {
@@ -146,6 +162,20 @@ impl Cli {
                 telemetry::init(log_format, "info");
                 let out = args.run()?;
                 write_stdout(&out)
+            }
+            Command::Check(args) => {
+                // The client's own error lines would repeat the one line `check` ends with.
+                telemetry::init(log_format, "warn,kube_client=off");
+                let (out, report) = args.run()?;
+                write_stdout(&out)?;
+                let summary = report.summary;
+                match summary.problems() {
+                    0 => Ok(()),
+                    _ => Err(CliError::ProblemsFound {
+                        errors: summary.errors,
+                        warnings: summary.warnings,
+                    }),
+                }
             }
         }
     }

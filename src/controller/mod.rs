@@ -137,7 +137,7 @@ pub async fn served_workload_kinds(client: &Client) -> Result<Vec<crate::model::
 
 /// The candidates the cluster serves: group/version served and the kind listed in it (a
 /// group/version can be served by other CRDs without ours: kubeflow.org/v1 by the Profile alone).
-async fn served<T: Copy>(
+pub async fn served<T: Copy>(
     client: &Client,
     candidates: impl Iterator<Item = T>,
     type_of: impl Fn(T) -> (String, String),

@@ -240,7 +240,7 @@ pub fn hostname() -> Option<String> {
 }
 
 /// A mode as the settings file spells it (`authorization-policy`, ...).
-fn word<T: Serialize>(value: &T) -> String {
+pub(crate) fn word<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(Value::String(s)) => s,
         Ok(other) => other.to_string(),
