@@ -274,6 +274,9 @@ mod tests {
             (cert.not_before, cert.not_after),
             (T0 - 300, T0 + 30 * 86_400)
         );
+        let (_, pem) = x509_parser::pem::parse_x509_pem(bundle.cert.as_bytes()).unwrap();
+        assert_eq!(not_after(&pem.contents), Some(T0 + 30 * 86_400));
+        assert_eq!(not_after(b"not a certificate"), None);
         // 8 minutes of validity: backdated by 2 minutes, not 5.
         let short = new_bundle(&names(), at(T0), Duration::from_secs(480)).unwrap();
         let cert = parse(&short.cert, "tls.crt").unwrap();
