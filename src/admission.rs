@@ -512,6 +512,9 @@ struct Response<'a> {
     patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     patch: Option<String>,
+    /// Shown by kubectl to whoever made the request (and logged by the controllers that did).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
@@ -573,10 +576,33 @@ fn answer(review: Review, config: &Config) -> Result<Reviewed> {
             allowed: true,
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch: patch.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+            warnings: warnings_for(&outcome.rules, config),
         },
     };
     let answer = serde_json::to_vec(&out).map_err(AdmissionError::Serialize)?;
     Ok(Reviewed { answer, outcome })
+}
+
+/// What the requester should be told: the changes made against what the object asked for. The
+/// API server shows them to the client (`Warning:` headers), so a tenant learns why a label they
+/// set is gone without access to our logs.
+fn warnings_for(rules: &[&'static str], config: &Config) -> Vec<String> {
+    let label = &config.settings.extension_label;
+    let mut warnings: Vec<String> = rules
+        .iter()
+        .filter_map(|rule| match *rule {
+            policy::RESERVED_RULE | policy::RESERVED_UPDATE_RULE => Some(format!(
+                "tenancy-fixer: label {label} removed: it is reserved for the objects tenancy-fixer labels"
+            )),
+            policy::ISTIO_OVERRIDE_RULE => Some(format!(
+                "tenancy-fixer: {} set to true: a Katib trial's pods need the Istio proxy",
+                policy::SIDECAR_INJECT_LABEL
+            )),
+            _ => None,
+        })
+        .collect();
+    warnings.dedup();
+    warnings
 }
 
 /// The JSON Patch to send, if any, and the outcome; logs the decision.
@@ -777,6 +803,42 @@ mod tests {
         );
         assert_eq!(after["metadata"], expected["metadata"]);
         assert_eq!(container["image"], "jupyter");
+    }
+
+    #[test]
+    fn the_requester_is_warned_of_a_removed_label_or_an_overridden_opt_out() {
+        let warnings = |response: &Value| response["response"].get("warnings").cloned();
+        let mut forged = notebook();
+        forged["metadata"]["labels"] = json!({"kubeflow-extension": "true"});
+        assert_eq!(
+            warnings(&respond(&review_of(pod_kind(), "alice", "CREATE", forged))),
+            Some(json!([
+                "tenancy-fixer: label kubeflow-extension removed: it is reserved for the objects \
+                 tenancy-fixer labels"
+            ]))
+        );
+        assert_eq!(
+            warnings(&respond(&review_of(
+                pod_kind(),
+                "alice",
+                "CREATE",
+                notebook()
+            ))),
+            None
+        );
+        let rules = [
+            policy::ISTIO_OVERRIDE_RULE,
+            policy::RESERVED_UPDATE_RULE,
+            "trial-workload",
+        ];
+        let config = Config::default();
+        assert_eq!(
+            warnings_for(&rules, &config),
+            [
+                "tenancy-fixer: sidecar.istio.io/inject set to true: a Katib trial's pods need the Istio proxy",
+                "tenancy-fixer: label kubeflow-extension removed: it is reserved for the objects tenancy-fixer labels",
+            ]
+        );
     }
 
     #[test]

@@ -26,8 +26,7 @@ pub const HOLD_RULE: &str = "trial-workload-hold-proxy";
 /// Istio's opt-out (`sidecar.istio.io/inject` other than "true") was overridden: a trial's
 /// workload belongs in the mesh.
 pub const ISTIO_OVERRIDE_RULE: &str = "istio-opt-out-overridden";
-pub const RESERVED_RULE: &str = "reserved-label";
-pub const UPDATE_RULE: &str = "reserved-label-update";
+pub use super::{RESERVED_RULE, RESERVED_UPDATE_RULE as UPDATE_RULE};
 
 /// Who made a workload, as far as trust goes.
 enum Origin {

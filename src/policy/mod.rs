@@ -18,11 +18,16 @@ mod pod;
 mod token;
 mod trial;
 
-pub use job::{guard_workload_update, mutate_workload};
+pub use job::{ISTIO_OVERRIDE_RULE, guard_workload_update, mutate_workload};
 pub use katib::WRAPPED_ANNOTATION;
 pub use pod::{guard_pod_update, mutate_pod};
 pub use token::token_injection;
 pub use trial::mutate_trial;
+
+/// The rule that removed the reserved label from an object whose maker may not set it.
+pub const RESERVED_RULE: &str = "reserved-label";
+/// The rule that undid an UPDATE adding or changing the reserved label.
+pub const RESERVED_UPDATE_RULE: &str = "reserved-label-update";
 
 /// Annotation Istio reads for per-pod proxy settings.
 pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";

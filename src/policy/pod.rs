@@ -15,8 +15,7 @@ use crate::{
 };
 
 pub const NOTEBOOK_RULE: &str = "notebook-label";
-pub const RESERVED_RULE: &str = "reserved-label";
-pub const UPDATE_RULE: &str = "reserved-label-update";
+pub use super::{RESERVED_RULE, RESERVED_UPDATE_RULE as UPDATE_RULE};
 
 /// The rules for a pod that `username` creates in `namespace`.
 pub fn mutate_pod<'a>(

@@ -721,6 +721,26 @@ async fn tenant_cannot_obtain_the_label(admin: &Client, ns: &str) {
     let owned = create(&tenant, Some(ns), &owned).await;
     assert_eq!(label(&owned, "kubeflow-extension"), None);
 
+    // The tenant is told why: the API server passes our warning on (kubectl prints it).
+    let request = hyper::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&claims("tenant-warned")).unwrap().into())
+        .unwrap();
+    let response = tenant.send(request).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let warnings: Vec<&str> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|warning| warning.to_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("tenancy-fixer: label kubeflow-extension removed")),
+        "{warnings:?}"
+    );
+
     // `kubectl label pod tenant-pod kubeflow-extension=true`, and `--overwrite` on the notebook.
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(tenant.clone(), ns);
     create(&tenant, Some(ns), &pod_json("tenant-pod", &[("app", "x")])).await;
