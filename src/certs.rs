@@ -384,5 +384,9 @@ mod tests {
             SanType::DnsName(_)
         ));
         assert!(san("caf\u{e9}.example").is_err(), "a DNS name is ASCII");
+        // Both address families are read back, so a bundle naming them stays fresh.
+        let names = ["svc.ns".to_string(), "10.0.0.1".into(), "fd00::1".into()];
+        let bundle = new_bundle(&names, at(T0), 30 * DAY).unwrap();
+        assert_eq!(parse(&bundle.cert, "tls.crt").unwrap().names, names);
     }
 }
