@@ -374,6 +374,16 @@ mod tests {
             verdict(&bundle, &names(), late, 30 * DAY),
             Verdict::Replace(_)
         ));
+        // A CA lasting exactly as long as a new certificate still covers it: renewed, kept.
+        let ca_end = T0 + i64::try_from(CA_VALIDITY.as_secs()).unwrap();
+        assert!(matches!(
+            verdict(&bundle, &names(), at(ca_end - 86_400), DAY),
+            Verdict::Renew(_)
+        ));
+        assert!(matches!(
+            verdict(&bundle, &names(), at(ca_end - 86_399), DAY),
+            Verdict::Replace(_)
+        ));
     }
 
     #[test]
