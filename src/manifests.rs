@@ -467,6 +467,13 @@ fn install_documents(
         _ => &[],
     };
     let mut webhooks = webhook_configuration(&endpoint, ca_bundle, *failure_policy, &config);
+    if ca_bundle.is_empty() {
+        // Filled in the cluster (by serve or the cainjector): no field, or every later
+        // `kubectl apply` would send it empty again, and webhook calls fail until it is refilled.
+        for webhook in webhooks.webhooks.iter_mut().flatten() {
+            webhook.client_config.ca_bundle = None;
+        }
+    }
     webhooks
         .metadata
         .labels
@@ -1257,7 +1264,7 @@ mod tests {
             assert_eq!(hook["clientConfig"]["service"]["name"], NAME);
             assert_eq!(hook["clientConfig"]["service"]["namespace"], NAMESPACE);
             assert_eq!(hook["clientConfig"]["service"]["port"], 443);
-            assert_eq!(hook["clientConfig"]["caBundle"], "");
+            assert_eq!(hook["clientConfig"].get("caBundle"), None);
             assert_eq!(hook["failurePolicy"], "Ignore");
         }
     }
