@@ -1,11 +1,14 @@
-//! The install manifests (`tenancy-fixer manifests`) against a real API server: every object is
-//! accepted, the Deployment's pod meets the namespace's `restricted` Pod Security level, and the
-//! ClusterRole, Role and bindings are enough for the controller. The controller runs in-process
+//! The install (`kustomize build deploy/`, what `kubectl apply -k deploy/` applies) against a
+//! real API server: every object is accepted, the Deployment's pod meets the namespace's
+//! `restricted` Pod Security level, and the ClusterRole, Role and bindings are enough for the
+//! controller. The controller runs in-process
 //! leader-elected, as the install's ServiceAccount (the admin client impersonating it), through
 //! every mode: each managed kind is watched, created, applied and deleted, an earlier version's
 //! finalizer removed, Events published, the Lease created, held, released and taken over. Then
 //! `serve --leader-elect`, as the ServiceAccount with self-managed certificates, makes their
-//! Secret, publishes the caBundle, takes the Lease and releases it on SIGTERM. Last, `release-finalizers`
+//! Secret, publishes the caBundle of the installed webhook configuration, takes the Lease and
+//! releases it on SIGTERM. Then the uninstall (`kubectl delete -k deploy/`): everything the build
+//! lists goes, no Profile is left stuck, no user object is deleted. Last, `release-finalizers`
 //! (uninstalling an earlier version) frees a Profile while the controller is stopped.
 
 mod support;
@@ -28,19 +31,10 @@ use tenancy_fixer::{
     config::{Config, Settings},
     controller::{self, FINALIZER, LeaderElection, Stats},
     istio::ManagedKind,
-    manifests::{self, Install, NAME, NAMESPACE},
+    manifests::{self, NAME, NAMESPACE},
     model::Profile,
 };
 use tokio::{sync::Notify, task::JoinHandle};
-
-/// The documents of a YAML stream, as JSON values.
-fn documents(stream: &str) -> Vec<Value> {
-    serde_saphyr::from_multiple::<Value>(stream)
-        .unwrap()
-        .into_iter()
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
 
 /// Server-side dry run: validated and admitted, not stored.
 async fn dry_run_create(client: &Client, namespace: Option<&str>, manifest: &Value) {
@@ -184,20 +178,13 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     let plane = control_plane(ALL_CRDS);
     let admin = plane.client().await;
 
-    // The whole install: RBAC, namespace, ServiceAccount and ConfigMap for real; what needs a
-    // kubelet or would call a webhook that cannot run here, as a server-side dry run.
-    let install = manifests::install_manifests(&Install::default()).unwrap();
-    let docs = documents(&install);
-    for doc in &docs {
-        let namespace = doc["metadata"]["namespace"].as_str();
-        match doc["kind"].as_str().unwrap() {
-            "Service" | "Deployment" | "MutatingWebhookConfiguration" => {
-                dry_run_create(&admin, namespace, doc).await
-            }
-            _ => {
-                create(&admin, namespace, doc).await;
-            }
-        }
+    // The whole install, as `kubectl apply -k deploy/` applies it. Nothing runs its pods (no
+    // Deployment controller, no kubelet); the webhook configuration points at a Service without
+    // endpoints, created last so that the Pod Security probe does not wait for it.
+    let docs = kustomize::build(&repo_root().join("deploy"));
+    let is_webhook = |doc: &&Value| doc["kind"] == "MutatingWebhookConfiguration";
+    for doc in docs.iter().filter(|doc| !is_webhook(doc)) {
+        create(&admin, doc["metadata"]["namespace"].as_str(), doc).await;
     }
     // The namespace enforces the restricted Pod Security level: the Deployment's pod meets it.
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -208,6 +195,9 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
         "spec": deployment["spec"]["template"]["spec"],
     });
     dry_run_create(&admin, Some(NAMESPACE), &pod).await;
+    for doc in docs.iter().filter(is_webhook) {
+        create(&admin, None, doc).await;
+    }
 
     let sa = service_account_client(plane).await;
     // Really restricted: no Secrets, no Pods, no Leases other than ours.
@@ -287,24 +277,13 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
     wait_for_holder(&admin, None).await;
 
     // `serve --leader-elect` as the Deployment runs it — as the ServiceAccount, with
-    // self-managed certificates — makes its Secret, keeps our webhook configuration (caBundle,
-    // rules), takes the lease, and releases it when stopped (SIGTERM from the wrapper shell when
-    // its stdin closes). The configuration points nowhere (failurePolicy Ignore): only its
-    // fields are checked.
-    let mut hooks = manifests::webhook_configuration(
-        &manifests::Endpoint::Url("https://127.0.0.1:1".into()),
-        b"",
-        manifests::FailurePolicy::Ignore,
-        &config,
-    );
-    hooks.metadata.name = Some(manifests::WEBHOOK_CONFIGURATION_NAME.into());
+    // self-managed certificates — makes its Secret, keeps the installed webhook configuration
+    // (caBundle, rules), takes the lease, and releases it when stopped (SIGTERM from the wrapper
+    // shell when its stdin closes). Nothing calls the configuration (its Service has no
+    // endpoints, failurePolicy Ignore): only its fields are checked.
     let webhook_configurations: Api<
         k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
     > = Api::all(admin.clone());
-    webhook_configurations
-        .create(&PostParams::default(), &hooks)
-        .await
-        .unwrap();
     let kubeconfig = tempdir("sa").join("kubeconfig");
     let mut as_account = Kubeconfig::read_from(plane.kubeconfig()).unwrap();
     for user in &mut as_account.auth_infos {
@@ -313,9 +292,25 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
         }
     }
     std::fs::write(&kubeconfig, serde_saphyr::to_string(&as_account).unwrap()).unwrap();
+    // The Deployment's flags, but for the container's file and listening addresses.
+    let in_container = ["--config=", "--listen=", "--metrics-listen="];
+    let flags: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap())
+        .filter(|arg| *arg != "serve" && !in_container.iter().any(|p| arg.starts_with(p)))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            "--leader-elect",
+            &format!("--certificate-secret={}", manifests::SELF_MANAGED_SECRET)
+        ]
+    );
     let serve = Serve::start_self_managed_as(
         &kubeconfig,
-        &["--leader-elect"],
+        &flags,
         &[
             ("POD_NAMESPACE", NAMESPACE),
             ("POD_NAME", "tenancy-fixer-serve-0"),
@@ -346,6 +341,77 @@ async fn install_rbac_is_enough_for_the_leader_elected_controller() {
         .unwrap();
     assert!(status.success(), "serve stopped cleanly: {status}");
     assert_eq!(lease_holder(&admin).await, None, "released before exiting");
+
+    // Uninstall, as `kubectl delete -k deploy/` does: every object of the build deleted (in its
+    // order, background propagation), the namespace with what serve made in it (Secret, Lease).
+    // A user's PodDefault carrying our label stays: a label alone does not make it ours.
+    let users = json!({
+        "apiVersion": "kubeflow.org/v1alpha1",
+        "kind": "PodDefault",
+        "metadata": {
+            "name": "user-defaults",
+            "labels": {"app.kubernetes.io/managed-by": "tenancy-fixer"},
+        },
+        "spec": {"selector": {"matchLabels": {"user-defaults": "true"}}, "desc": "a user's own"},
+    });
+    let user_object = create(&admin, Some("rbac-bob"), &users).await;
+    for doc in &docs {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let api = api_for(&admin, doc["metadata"]["namespace"].as_str(), doc).await;
+        match api.delete(name, &DeleteParams::background()).await {
+            // Already taken with the namespace (kubectl says NotFound; `--ignore-not-found`).
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            result => {
+                result.unwrap_or_else(|e| panic!("delete {} {name}: {e}", doc["kind"]));
+            }
+        }
+    }
+    for doc in &docs {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let api = api_for(&admin, doc["metadata"]["namespace"].as_str(), doc).await;
+        gone(&api, name, &format!("{} {name} uninstalled", doc["kind"])).await;
+    }
+    // Nothing stuck: no Profile holds a finalizer of ours, and one deleted now goes at once.
+    let remaining = Api::<Profile>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let names: Vec<_> = remaining.items.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, ["rbac-bob", "rbac-mallory"], "no Profile deleted");
+    assert!(
+        remaining.items.iter().all(|p| p.finalizers().is_empty()),
+        "no finalizer left on a Profile"
+    );
+    profiles
+        .delete("rbac-mallory", &DeleteParams::default())
+        .await
+        .unwrap();
+    gone(
+        &profiles,
+        "rbac-mallory",
+        "rbac-mallory deleted after the uninstall",
+    )
+    .await;
+    // Nothing of the users' deleted: the namespaces, the user's PodDefault as it was.
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone());
+    for namespace in ["rbac-bob", "rbac-mallory", "kubeflow"] {
+        namespaces.get(namespace).await.unwrap();
+    }
+    let stored = api_for(&admin, Some("rbac-bob"), &users)
+        .await
+        .get("user-defaults")
+        .await
+        .unwrap();
+    assert_eq!(
+        (stored.metadata.uid, stored.metadata.resource_version),
+        (
+            user_object["metadata"]["uid"].as_str().map(Into::into),
+            user_object["metadata"]["resourceVersion"]
+                .as_str()
+                .map(Into::into)
+        ),
+        "the user's PodDefault untouched"
+    );
 
     // Uninstalling an earlier version (which put its finalizer on every Profile): with the
     // controller stopped, `release-finalizers` frees the profile, which then goes at once; the

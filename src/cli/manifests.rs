@@ -1,11 +1,11 @@
-//! `manifests`: the install manifests as one YAML stream.
+//! `manifests`: the install manifests as one YAML stream, or as the kustomize tree of `deploy/`.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use super::{CliError, Result, input, load_settings};
-use crate::manifests::{self, FailurePolicy, Install};
+use crate::manifests::{self, Certificates, FailurePolicy, Install};
 
 #[derive(Debug, Args)]
 pub struct ManifestsArgs {
@@ -35,10 +35,13 @@ pub struct ManifestsArgs {
     /// Settings file (YAML) to install in the ConfigMap (default: the default settings, every key spelt out).
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Write the kustomize tree (base, default install, overlays/cert-manager) into DIR instead, e.g. deploy.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["ca_bundle", "cert_manager"])]
+    pub kustomize: Option<PathBuf>,
 }
 
 impl ManifestsArgs {
-    /// The install manifests as a YAML stream.
+    /// The install manifests as a YAML stream; with `--kustomize`, the paths of the files written.
     pub fn run(self) -> Result<String> {
         let Self {
             image,
@@ -46,18 +49,42 @@ impl ManifestsArgs {
             cert_manager,
             failure_policy,
             config,
+            kustomize,
         } = self;
-        let ca_bundle = ca_bundle.map(|path| read_ca_bundle(&path)).transpose()?;
-        let settings = load_settings(config.as_deref())?;
         let install = Install {
             image,
-            ca_bundle,
-            cert_manager,
             failure_policy,
-            settings,
+            settings: load_settings(config.as_deref())?,
         };
-        manifests::install_manifests(&install).map_err(|e| CliError::Output(e.to_string()))
+        let output = |e: manifests::Error| CliError::Output(e.to_string());
+        if let Some(dir) = kustomize {
+            return write_tree(&dir, manifests::kustomize_tree(&install).map_err(output)?);
+        }
+        let certificates = match ca_bundle {
+            Some(path) => Certificates::Files {
+                ca_bundle: read_ca_bundle(&path)?,
+            },
+            None if cert_manager => Certificates::CertManager,
+            None => Certificates::SelfManaged,
+        };
+        manifests::install_manifests(&install, &certificates).map_err(output)
     }
+}
+
+/// Writes `files` (paths relative to `dir`) and lists them.
+fn write_tree(dir: &Path, files: Vec<manifests::TreeFile>) -> Result<String> {
+    let mut written = String::new();
+    for manifests::TreeFile { path, text } in files {
+        let path = dir.join(path);
+        let shown = path.display();
+        let unwritable = |e: std::io::Error| CliError::Output(format!("cannot write {shown}: {e}"));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(unwritable)?;
+        }
+        std::fs::write(&path, text).map_err(unwritable)?;
+        written.push_str(&format!("{shown}\n"));
+    }
+    Ok(written)
 }
 
 /// A PEM file holding at least one certificate.
@@ -87,7 +114,7 @@ mod tests {
         };
         assert_eq!(
             args.run().unwrap(),
-            manifests::install_manifests(&Install::default()).unwrap()
+            manifests::install_manifests(&Install::default(), &Certificates::SelfManaged).unwrap()
         );
 
         let dir = std::env::temp_dir().join(format!("tf-cli-manifests-{}", std::process::id()));
@@ -153,6 +180,19 @@ mod tests {
             Cli::try_parse_from(conflicting).is_err(),
             "cert-manager injects the CA itself"
         );
+        for source in ["--cert-manager", "--ca-bundle=ca.crt"] {
+            let args = [
+                "tenancy-fixer",
+                "manifests",
+                "--kustomize",
+                "deploy",
+                source,
+            ];
+            assert!(
+                Cli::try_parse_from(args).is_err(),
+                "the tree holds every certificate source: {source}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

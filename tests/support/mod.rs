@@ -6,6 +6,7 @@
 //! stdin, so nothing outlives a crashed or killed test run.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod kustomize;
 pub mod scenario;
 
 use std::{
