@@ -351,6 +351,25 @@ mod tests {
     use crate::testing::{config, profile};
 
     #[test]
+    fn the_yaml_stream_holds_each_object_as_a_document() {
+        let objects = desired_objects(
+            &profile("alice", "alice@example.com"),
+            &config("kfpAccess: header"),
+        );
+        let stream = to_yaml_stream(&objects).unwrap();
+        let documents: Vec<Value> = stream
+            .split("---\n")
+            .skip(1)
+            .map(|document| serde_saphyr::from_str(document).unwrap())
+            .collect();
+        let expected: Vec<Value> = objects
+            .iter()
+            .map(|object| serde_json::to_value(object).unwrap())
+            .collect();
+        assert_eq!(documents, expected);
+    }
+
+    #[test]
     fn header_mode_with_authorization_policy() {
         let objects = desired_objects(
             &profile("alice", "alice@example.com"),
