@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use crate::{
     config::Config,
     model::{MetaOnly, ObjectMeta, Pod, Str, Workload, WorkloadKind},
-    patch::{self, Prune},
+    patch::{self, Diff},
     policy::{self, Decision, TRIAL_GROUP, TRIAL_VERSIONS},
 };
 
@@ -202,7 +202,7 @@ fn run(
 }
 
 /// The rule on a parsed view, and the patch (the diff of the views) when it applied.
-fn apply<'a, T: Serialize + Prune>(
+fn apply<'a, T: Diff>(
     parsed: T,
     namespace: Option<&str>,
     meta: impl Fn(&T) -> &ObjectMeta<'a>,
@@ -221,7 +221,7 @@ fn apply<'a, T: Serialize + Prune>(
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
     } else {
-        patch::diff(parsed, changed).map_err(AdmissionError::Serialize)?
+        patch::diff(&parsed, &changed).map_err(AdmissionError::Serialize)?
     };
     Ok(Mutation {
         patch,
@@ -935,10 +935,10 @@ mod tests {
         }
     }
 
-    /// On every fixture the patch (diff of the pruned views) is the diff of the whole views.
+    /// On every fixture the patch (the typed diff) is the diff of the whole views.
     #[test]
     fn patch_is_the_diff_of_the_whole_views() {
-        fn check<'v, T: Deserialize<'v> + Serialize + Prune + Clone>(
+        fn check<'v, T: Deserialize<'v> + Diff>(
             object: &'v Value,
             rule: impl Fn(&T, &Config) -> Decision<T>,
         ) -> usize {
@@ -950,7 +950,7 @@ mod tests {
                     &serde_json::to_value(&before).unwrap(),
                     &serde_json::to_value(&after).unwrap(),
                 );
-                assert_eq!(patch::diff(before, after).unwrap(), whole);
+                assert_eq!(patch::diff(&before, &after).unwrap(), whole);
                 changed += usize::from(!whole.0.is_empty());
             }
             changed
