@@ -181,7 +181,10 @@ impl Diff for Str<'_> {
 impl<T: Diff> Diff for Vec<T> {
     fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
         for (index, (before, after)) in self.iter().zip(after).enumerate() {
-            d.at(Step::Index(index), |d| before.diff(after, d))?;
+            // Equal elements (most of them) give nothing: no step onto the path.
+            if before != after {
+                d.at(Step::Index(index), |d| before.diff(after, d))?;
+            }
         }
         for (index, added) in after.iter().enumerate().skip(self.len()) {
             d.at(Step::Index(index), |d| d.add(added))?;

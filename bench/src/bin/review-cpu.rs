@@ -1,5 +1,5 @@
 //! `review-cpu`: the admission hot path without any I/O: `admission::review` on each benchmark
-//! body in a loop on one thread, in µs per review. With `--log` the logging of `serve` is
+//! body in a loop on one thread, in µs per review (wall clock, and CPU time user + system). With `--log` the logging of `serve` is
 //! installed (`telemetry::init`: text, its default level unless `RUST_LOG` says otherwise,
 //! lines to stderr), else none (lines are dropped).
 //! With `--limit`, the limit webhook's review instead (`tenancy_fixer_bench::limit`).
@@ -62,12 +62,25 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..args.iterations / 10 {
             std::hint::black_box(review(body)?);
         }
-        let start = Instant::now();
+        let (start, cpu) = (
+            Instant::now(),
+            tenancy_fixer_bench::process_cpu(std::process::id()),
+        );
         for _ in 0..args.iterations {
             std::hint::black_box(review(std::hint::black_box(body))?);
         }
-        let us = start.elapsed().as_secs_f64() * 1e6 / args.iterations as f64;
-        println!("{name:<16} {:>6} bytes {us:>8.2} µs/review", body.len());
+        let per_review = |seconds: f64| seconds * 1e6 / args.iterations as f64;
+        let us = per_review(start.elapsed().as_secs_f64());
+        // CPU time includes the kernel's (the log's writes).
+        let cpu_us = cpu
+            .zip(tenancy_fixer_bench::process_cpu(std::process::id()))
+            .map_or(f64::NAN, |(before, after)| {
+                per_review((after - before).as_secs_f64())
+            });
+        println!(
+            "{name:<16} {:>6} bytes {us:>8.2} µs/review {cpu_us:>8.2} µs CPU",
+            body.len()
+        );
     }
     Ok(())
 }
