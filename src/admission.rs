@@ -1,5 +1,6 @@
 //! AdmissionReview in, AdmissionReview out: parsing, dispatch on the request's kind, the patch
-//! (a diff of the typed views) and the response. No I/O besides one log line per decision.
+//! (a diff of the typed views) and the response. No I/O besides the decision's log line (at most
+//! [`DECISION_LINES_PER_SECOND`] of each kind).
 //!
 //! A request we cannot parse or do not handle is answered `allowed: true` without a patch and
 //! the reason is logged: a workload is never blocked or mangled because of us. Only a body that
@@ -14,8 +15,9 @@ use serde_json::value::RawValue;
 use crate::{
     config::Config,
     model::{MetaOnly, ObjectMeta, Pod, Str, Workload, WorkloadKind},
-    patch::{self, Prune},
+    patch::{self, Diff},
     policy::{self, Decision, TRIAL_GROUP, TRIAL_VERSIONS},
+    telemetry::{self, Sampler},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +204,7 @@ fn run(
 }
 
 /// The rule on a parsed view, and the patch (the diff of the views) when it applied.
-fn apply<'a, T: Serialize + Prune>(
+fn apply<'a, T: Diff>(
     parsed: T,
     namespace: Option<&str>,
     meta: impl Fn(&T) -> &ObjectMeta<'a>,
@@ -221,7 +223,7 @@ fn apply<'a, T: Serialize + Prune>(
     let patch = if applied.is_empty() {
         json_patch::Patch(Vec::new())
     } else {
-        patch::diff(parsed, changed).map_err(AdmissionError::Serialize)?
+        patch::diff(&parsed, &changed).map_err(AdmissionError::Serialize)?
     };
     Ok(Mutation {
         patch,
@@ -605,6 +607,88 @@ fn warnings_for(rules: &[&'static str], config: &Config) -> Vec<String> {
     warnings
 }
 
+/// Decision lines written per second at most, of each kind ([`Logged`]): every one at the rates
+/// a cluster creates pods, a summary line instead of the rest under a burst (or a benchmark),
+/// where formatting and writing a line would cost a sixth of the review. The metrics count
+/// every decision; with `RUST_LOG=debug` every line is written.
+pub const DECISION_LINES_PER_SECOND: u32 = 100;
+
+/// The kinds of decision line, each with its own budget.
+#[derive(Clone, Copy, Debug)]
+enum Logged {
+    Patched,
+    Unchanged,
+    /// Allowed unchanged because the object could not be read.
+    Failed,
+}
+
+impl Logged {
+    fn sampler(self) -> &'static Sampler {
+        static SAMPLERS: [Sampler; 3] = [
+            Sampler::new(DECISION_LINES_PER_SECOND),
+            Sampler::new(DECISION_LINES_PER_SECOND),
+            Sampler::new(DECISION_LINES_PER_SECOND),
+        ];
+        &SAMPLERS[self as usize]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Logged::Patched => "patched",
+            Logged::Unchanged => "unchanged",
+            Logged::Failed => "failed",
+        }
+    }
+}
+
+/// The decision's log line (`rules` that changed the object, `reasons` why others did not),
+/// within its kind's budget.
+fn log(
+    logged: Logged,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    rules: &[&str],
+    reasons: &[impl std::fmt::Display],
+) {
+    let written = tracing::enabled!(tracing::Level::DEBUG)
+        || logged.sampler().admit(telemetry::second(), |lines| {
+            tracing::info!(
+                lines,
+                outcome = logged.name(),
+                "admission decision lines not written: more than {DECISION_LINES_PER_SECOND} per second (the metrics count every decision)"
+            )
+        });
+    if !written {
+        return;
+    }
+    let reason = reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    match logged {
+        Logged::Patched => {
+            let rules = rules.join(",");
+            tracing::info!(
+                kind,
+                namespace,
+                name,
+                patched = true,
+                rules,
+                skipped = reason,
+                "admission"
+            )
+        }
+        Logged::Unchanged => {
+            tracing::info!(kind, namespace, name, patched = false, reason, "admission")
+        }
+        Logged::Failed => {
+            tracing::warn!(kind, namespace, name, patched = false, reason, "admission")
+        }
+    }
+}
+
 /// The JSON Patch to send, if any, and the outcome; logs the decision.
 fn decide(request: &mut Request, config: &Config) -> (Option<Vec<u8>>, Outcome) {
     let Request {
@@ -619,7 +703,14 @@ fn decide(request: &mut Request, config: &Config) -> (Option<Vec<u8>>, Outcome) 
     let namespace = namespace.as_deref();
     let ns = namespace.unwrap_or("");
     let Some(target) = Target::of(&kind.group, &kind.version, &kind.kind) else {
-        tracing::info!(kind = %kind.kind, namespace = ns, patched = false, reason = "kind not handled", "admission");
+        log(
+            Logged::Unchanged,
+            &kind.kind,
+            ns,
+            "",
+            &[],
+            &["kind not handled"],
+        );
         return (None, Outcome::unchanged("unhandled"));
     };
     let unchanged = (None, Outcome::unchanged(target.name()));
@@ -632,23 +723,11 @@ fn decide(request: &mut Request, config: &Config) -> (Option<Vec<u8>>, Outcome) 
             "operation {} not handled",
             operation.as_deref().unwrap_or("(none)")
         );
-        tracing::info!(
-            kind = target.name(),
-            namespace = ns,
-            patched = false,
-            reason,
-            "admission"
-        );
+        log(Logged::Unchanged, target.name(), ns, "", &[], &[reason]);
         return unchanged;
     };
     let no_object = |reason: &str| {
-        tracing::warn!(
-            kind = target.name(),
-            namespace = ns,
-            patched = false,
-            reason,
-            "admission"
-        );
+        log(Logged::Failed, target.name(), ns, "", &[], &[reason]);
         unchanged.clone()
     };
     let Some(parsed) = object.take().and_then(|o| o.into_view(view, target)) else {
@@ -675,33 +754,29 @@ fn decide(request: &mut Request, config: &Config) -> (Option<Vec<u8>>, Outcome) 
     });
     match mutation {
         Err(error) => {
-            tracing::warn!(kind = target.name(), namespace = ns, patched = false, reason = %error, "admission");
+            log(Logged::Failed, target.name(), ns, "", &[], &[error]);
             unchanged
         }
         Ok(m) if m.patch.0.is_empty() => {
-            let reason = m.skipped.join("; ");
-            tracing::info!(
-                kind = target.name(),
-                namespace = ns,
-                name = m.name,
-                patched = false,
-                reason,
-                "admission"
+            log(
+                Logged::Unchanged,
+                target.name(),
+                ns,
+                &m.name,
+                &[],
+                &m.skipped,
             );
             unchanged
         }
         Ok(m) => match serde_json::to_vec(&m.patch) {
             Ok(bytes) => {
-                let rules = m.applied.join(",");
-                let skipped = m.skipped.join("; ");
-                tracing::info!(
-                    kind = target.name(),
-                    namespace = ns,
-                    name = m.name,
-                    patched = true,
-                    rules,
-                    skipped,
-                    "admission"
+                log(
+                    Logged::Patched,
+                    target.name(),
+                    ns,
+                    &m.name,
+                    &m.applied,
+                    &m.skipped,
                 );
                 let outcome = Outcome {
                     kind: target.name(),
@@ -711,7 +786,7 @@ fn decide(request: &mut Request, config: &Config) -> (Option<Vec<u8>>, Outcome) 
                 (Some(bytes), outcome)
             }
             Err(error) => {
-                tracing::warn!(kind = target.name(), namespace = ns, name = m.name, patched = false, reason = %error, "admission");
+                log(Logged::Failed, target.name(), ns, &m.name, &[], &[error]);
                 unchanged
             }
         },
@@ -997,10 +1072,10 @@ mod tests {
         }
     }
 
-    /// On every fixture the patch (diff of the pruned views) is the diff of the whole views.
+    /// On every fixture the patch (the typed diff) is the diff of the whole views.
     #[test]
     fn patch_is_the_diff_of_the_whole_views() {
-        fn check<'v, T: Deserialize<'v> + Serialize + Prune + Clone>(
+        fn check<'v, T: Deserialize<'v> + Diff>(
             object: &'v Value,
             rule: impl Fn(&T, &Config) -> Decision<T>,
         ) -> usize {
@@ -1012,7 +1087,7 @@ mod tests {
                     &serde_json::to_value(&before).unwrap(),
                     &serde_json::to_value(&after).unwrap(),
                 );
-                assert_eq!(patch::diff(before, after).unwrap(), whole);
+                assert_eq!(patch::diff(&before, &after).unwrap(), whole);
                 changed += usize::from(!whole.0.is_empty());
             }
             changed

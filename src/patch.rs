@@ -1,251 +1,377 @@
-//! The JSON Patch between a view and its changed version: `json_patch::diff` of the two, after
-//! pruning from both what is equal in both.
+//! The JSON Patch between a view and its changed version: exactly `json_patch::diff` of the two
+//! views serialized, computed by walking the typed views instead.
 //!
-//! Pruning keeps exactly the shape `json_patch::diff` walks: a member equal in both is removed
-//! from both (the diff would recurse into it and find nothing), and a list element equal in
-//! both is replaced in both by the same placeholder (its index, and so every other path,
-//! stays the same). The patch is therefore the diff of the whole views, without serializing
-//! the parts no rule touched.
+//! `json_patch::diff` recurses into objects (first the keys of the new object in key order:
+//! into a key both have, `add` for a new one; then `remove` for each key only the old one has)
+//! and into arrays (index by index, then `add` past the old end or `remove` past the new end),
+//! and `replace`s any other value that differs. [`Diff`] does the same over the typed views: a
+//! struct is an object whose members are listed in key order ([`object!`]), a `Vec` an array, a
+//! map an object; a part no rule looks into is serialized and handed to `json_patch::diff`
+//! itself (with the path so far in front), and only when it differs. So the ~40 env vars of a
+//! notebook are compared, not serialized, and a path is built only for an operation. The
+//! property tests below check the equality on generated views; `admission`'s tests on every fixture.
 
+use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde::Serialize;
 
 use std::collections::BTreeMap;
 
 use crate::model::{
-    Container, Labels, MetaOnly, ObjectMeta, Pod, PodSpec, PodTemplate, ReplicatedJob, Str,
-    Workload, WorkloadSpec,
+    Container, InitContainer, JobSetSpecPatch, JobSetTemplatePatch, JobTemplate, JobTemplateSpec,
+    MetaOnly, Named, ObjectMeta, OwnerReference, Pod, PodSpec, PodTemplate, ReplicaSpec,
+    ReplicatedJob, RuntimePatch, RuntimeSpecPatch, Str, TemplateSpec, VolumeMount, Workload,
+    WorkloadSpec,
 };
 
-/// The patch that turns `before` into `after`, both views of the same object.
-pub fn diff<T: Prune + Serialize>(
-    mut before: T,
-    mut after: T,
-) -> Result<json_patch::Patch, serde_json::Error> {
-    T::prune(&mut before, &mut after);
-    Ok(json_patch::diff(
-        &serde_json::to_value(&before)?,
-        &serde_json::to_value(&after)?,
-    ))
+type Result<T = (), E = serde_json::Error> = std::result::Result<T, E>;
+
+/// The patch that turns `before` into `after`, both views of the same object:
+/// `json_patch::diff(&to_value(before)?, &to_value(after)?)`.
+pub fn diff<T: Diff>(before: &T, after: &T) -> Result<Patch> {
+    let mut differ = Differ {
+        path: Vec::new(),
+        patch: Vec::new(),
+    };
+    before.diff(after, &mut differ)?;
+    Ok(Patch(differ.patch))
 }
 
-/// Removes from two versions of a view what is equal in both (see the module's docs).
-pub trait Prune {
-    fn prune(before: &mut Self, after: &mut Self);
-}
-
-/// An optional member: gone from both when equal, else its parts pruned.
-fn member<T: PartialEq>(
-    before: &mut Option<T>,
-    after: &mut Option<T>,
-    parts: impl FnOnce(&mut T, &mut T),
-) {
-    if before == after {
-        *before = None;
-        *after = None;
-    } else if let (Some(before), Some(after)) = (before, after) {
-        parts(before, after);
+/// A view (or part of one) that can be diffed against another version of itself.
+pub trait Diff: Serialize + PartialEq + Sized {
+    /// Appends the operations `json_patch::diff` gives for `self` → `after` at the differ's
+    /// path. By default the serialized values are diffed, when they differ.
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        if self == after {
+            return Ok(());
+        }
+        d.leaf(self, after)
     }
 }
 
-/// An optional member no rule looks into: gone from both when equal.
-fn leaf<T: PartialEq>(before: &mut Option<T>, after: &mut Option<T>) {
-    member(before, after, |_, _| {});
+/// One step of a path: an object member or an array index.
+#[derive(Clone, Copy)]
+enum Step<'v> {
+    Key(&'v str),
+    Index(usize),
 }
 
-/// A list: elements equal in both become the same placeholder in both, the others are pruned.
-fn elements<T: PartialEq + Default>(
-    before: &mut [T],
-    after: &mut [T],
-    parts: impl Fn(&mut T, &mut T),
-) {
-    for (before, after) in before.iter_mut().zip(after.iter_mut()) {
-        if before == after {
-            *before = T::default();
-            *after = T::default();
-        } else {
-            parts(before, after);
+/// The path walked so far and the operations found.
+pub struct Differ<'v> {
+    path: Vec<Step<'v>>,
+    patch: Vec<PatchOperation>,
+}
+
+impl<'v> Differ<'v> {
+    fn pointer(&self) -> PointerBuf {
+        PointerBuf::from_tokens(self.path.iter().map(|step| match *step {
+            Step::Key(key) => Token::new(key),
+            Step::Index(index) => Token::from(index),
+        }))
+    }
+
+    fn at(&mut self, step: Step<'v>, f: impl FnOnce(&mut Self) -> Result) -> Result {
+        self.path.push(step);
+        let result = f(self);
+        self.path.pop();
+        result
+    }
+
+    fn add(&mut self, value: &impl Serialize) -> Result {
+        let value = serde_json::to_value(value)?;
+        let path = self.pointer();
+        self.patch
+            .push(PatchOperation::Add(AddOperation { path, value }));
+        Ok(())
+    }
+
+    fn remove(&mut self) {
+        let path = self.pointer();
+        self.patch
+            .push(PatchOperation::Remove(RemoveOperation { path }));
+    }
+
+    fn replace(&mut self, value: &impl Serialize) -> Result {
+        let value = serde_json::to_value(value)?;
+        let path = self.pointer();
+        self.patch
+            .push(PatchOperation::Replace(ReplaceOperation { path, value }));
+        Ok(())
+    }
+
+    /// `json_patch::diff` of the two values serialized, its paths under the path so far.
+    fn leaf(&mut self, before: &impl Serialize, after: &impl Serialize) -> Result {
+        let ops = json_patch::diff(
+            &serde_json::to_value(before)?,
+            &serde_json::to_value(after)?,
+        );
+        let prefix = self.pointer();
+        self.patch.extend(ops.0.into_iter().map(|mut op| {
+            let path = match &mut op {
+                PatchOperation::Add(op) => &mut op.path,
+                PatchOperation::Remove(op) => &mut op.path,
+                PatchOperation::Replace(op) => &mut op.path,
+                PatchOperation::Move(op) => &mut op.path,
+                PatchOperation::Copy(op) => &mut op.path,
+                PatchOperation::Test(op) => &mut op.path,
+            };
+            *path = prefix.concat(path);
+            op
+        }));
+        Ok(())
+    }
+
+    /// A member of an object, in the first pass: into it when both have it, `add` when new.
+    fn member<T: Diff>(
+        &mut self,
+        key: &'v str,
+        before: Option<&'v T>,
+        after: Option<&'v T>,
+    ) -> Result {
+        match (before, after) {
+            (Some(before), Some(after)) => self.at(Step::Key(key), |d| before.diff(after, d)),
+            (None, Some(after)) => self.at(Step::Key(key), |d| d.add(after)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A member of an object, in the second pass: `remove` when only the old object has it.
+    fn removed(&mut self, key: &'v str, before: bool, after: bool) {
+        if before && !after {
+            self.path.push(Step::Key(key));
+            self.remove();
+            self.path.pop();
         }
     }
 }
 
-/// A map of strings (labels, annotations): entries equal in both are removed from both.
-fn entries<'a>(before: &mut Labels<'a>, after: &mut Labels<'a>) {
-    before.retain(|key, value| {
-        let equal = after.get(key) == Some(value);
-        if equal {
-            after.remove(key);
+/// A field as an object member: `opt` an `Option` (absent when `None`), `req` always there.
+macro_rules! member {
+    (opt, $field:expr) => {
+        $field.as_ref()
+    };
+    (req, $field:expr) => {
+        Some(&$field)
+    };
+}
+
+/// The diff of a struct serialized as an object: its fields, listed in key order.
+macro_rules! object {
+    ($d:ident, $before:ident, $after:ident, $($presence:ident $field:ident = $key:literal),+ $(,)?) => {{
+        $( $d.member($key, member!($presence, $before.$field), member!($presence, $after.$field))?; )+
+        $( $d.removed(
+            $key,
+            member!($presence, $before.$field).is_some(),
+            member!($presence, $after.$field).is_some(),
+        ); )+
+        Ok(())
+    }};
+}
+
+impl Diff for Str<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        if self == after {
+            return Ok(());
         }
-        !equal
-    });
-}
-
-impl Prune for ObjectMeta<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        leaf(&mut before.name, &mut after.name);
-        leaf(&mut before.generate_name, &mut after.generate_name);
-        leaf(&mut before.namespace, &mut after.namespace);
-        member(&mut before.labels, &mut after.labels, entries);
-        member(&mut before.annotations, &mut after.annotations, entries);
-        leaf(&mut before.owner_references, &mut after.owner_references);
+        d.replace(after)
     }
 }
 
-impl Prune for Pod<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
-        member(&mut before.spec, &mut after.spec, PodSpec::prune);
-    }
-}
-
-impl Prune for PodSpec<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        elements(
-            &mut before.containers,
-            &mut after.containers,
-            Container::prune,
-        );
-        leaf(&mut before.init_containers, &mut after.init_containers);
-        member(&mut before.volumes, &mut after.volumes, |b, a| {
-            elements(b, a, |_, _| {})
-        });
-        leaf(
-            &mut before.service_account_name,
-            &mut after.service_account_name,
-        );
-    }
-}
-
-impl Prune for Container<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        leaf(&mut before.command, &mut after.command);
-        leaf(&mut before.args, &mut after.args);
-        member(&mut before.env, &mut after.env, |b, a| {
-            elements(b, a, |_, _| {})
-        });
-        member(
-            &mut before.volume_mounts,
-            &mut after.volume_mounts,
-            |b, a| elements(b, a, |_, _| {}),
-        );
-        leaf(
-            &mut before.termination_message_path,
-            &mut after.termination_message_path,
-        );
-    }
-}
-
-/// A map of parts (replica specs by type): entries equal in both are removed from both, the
-/// others pruned.
-fn keyed<'a, T: PartialEq>(
-    before: &mut BTreeMap<Str<'a>, T>,
-    after: &mut BTreeMap<Str<'a>, T>,
-    parts: impl Fn(&mut T, &mut T),
-) {
-    before.retain(|key, value| match after.get_mut(key) {
-        Some(other) if other == value => {
-            after.remove(key);
-            false
+/// An array.
+impl<T: Diff> Diff for Vec<T> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        for (index, (before, after)) in self.iter().zip(after).enumerate() {
+            // Equal elements (most of them) give nothing: no step onto the path.
+            if before != after {
+                d.at(Step::Index(index), |d| before.diff(after, d))?;
+            }
         }
-        Some(other) => {
-            parts(value, other);
-            true
+        for (index, added) in after.iter().enumerate().skip(self.len()) {
+            d.at(Step::Index(index), |d| d.add(added))?;
         }
-        None => true,
-    });
-}
-
-impl Prune for Workload<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
-        member(&mut before.spec, &mut after.spec, WorkloadSpec::prune);
-    }
-}
-
-impl Prune for WorkloadSpec<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        member(
-            &mut before.template,
-            &mut after.template,
-            PodTemplate::prune,
-        );
-        for (b, a) in [
-            (
-                &mut before.pytorch_replica_specs,
-                &mut after.pytorch_replica_specs,
-            ),
-            (&mut before.tf_replica_specs, &mut after.tf_replica_specs),
-            (&mut before.mpi_replica_specs, &mut after.mpi_replica_specs),
-            (&mut before.xgb_replica_specs, &mut after.xgb_replica_specs),
-            (
-                &mut before.paddle_replica_specs,
-                &mut after.paddle_replica_specs,
-            ),
-            (&mut before.jax_replica_specs, &mut after.jax_replica_specs),
-        ] {
-            member(b, a, |b, a| {
-                keyed(b, a, |b, a| {
-                    member(b, a, |b, a| {
-                        member(&mut b.template, &mut a.template, PodTemplate::prune)
-                    })
-                })
-            });
+        // Each `remove` past the new end takes the element at the new length.
+        for _ in after.len()..self.len() {
+            d.at(Step::Index(after.len()), |d| {
+                d.remove();
+                Ok(())
+            })?;
         }
-        member(
-            &mut before.replicated_jobs,
-            &mut after.replicated_jobs,
-            |b, a| elements(b, a, ReplicatedJob::prune),
-        );
-        member(
-            &mut before.runtime_patches,
-            &mut after.runtime_patches,
-            |b, a| {
-                elements(b, a, |b, a| {
-                    leaf(&mut b.manager, &mut a.manager);
-                    member(
-                        &mut b.training_runtime_spec,
-                        &mut a.training_runtime_spec,
-                        |b, a| {
-                            member(&mut b.template, &mut a.template, |b, a| {
-                                member(&mut b.spec, &mut a.spec, |b, a| {
-                                    member(
-                                        &mut b.replicated_jobs,
-                                        &mut a.replicated_jobs,
-                                        |b, a| elements(b, a, ReplicatedJob::prune),
-                                    )
-                                })
-                            })
-                        },
-                    )
-                })
-            },
-        );
+        Ok(())
     }
 }
 
-impl Prune for ReplicatedJob<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        // The name stays: it is what tells a reader of the diff which job changed.
-        member(&mut before.template, &mut after.template, |b, a| {
-            member(&mut b.spec, &mut a.spec, |b, a| {
-                member(&mut b.template, &mut a.template, PodTemplate::prune)
-            })
-        });
+/// An object keyed by strings (labels, annotations, replica specs).
+impl<'a, T: Diff> Diff for BTreeMap<Str<'a>, T> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        for (key, value) in after {
+            d.member(key, self.get(&**key), Some(value))?;
+        }
+        for key in self.keys() {
+            d.removed(key, true, after.contains_key(&**key));
+        }
+        Ok(())
     }
 }
 
-impl Prune for PodTemplate<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        member(&mut before.metadata, &mut after.metadata, ObjectMeta::prune);
-        member(&mut before.spec, &mut after.spec, |b, a| {
-            leaf(&mut b.service_account_name, &mut a.service_account_name);
-            leaf(&mut b.service_account, &mut a.service_account);
-        });
+/// A value that may be `null` (a replica spec).
+impl<T: Diff> Diff for Option<T> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        match (self, after) {
+            (Some(before), Some(after)) => before.diff(after, d),
+            (None, None) => Ok(()),
+            _ => d.replace(after),
+        }
     }
 }
 
-impl Prune for MetaOnly<'_> {
-    fn prune(before: &mut Self, after: &mut Self) {
-        ObjectMeta::prune(&mut before.metadata, &mut after.metadata);
+impl Diff for OwnerReference<'_> {}
+impl Diff for InitContainer<'_> {}
+impl Diff for VolumeMount<'_> {}
+
+/// An element read from the object serializes as `null`, whatever its name.
+impl Diff for Named<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        if self.body.is_none() && after.body.is_none() || self == after {
+            return Ok(());
+        }
+        d.leaf(self, after)
+    }
+}
+
+impl Diff for ObjectMeta<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after,
+            opt annotations = "annotations",
+            opt generate_name = "generateName",
+            opt labels = "labels",
+            opt name = "name",
+            opt namespace = "namespace",
+            opt owner_references = "ownerReferences",
+        )
+    }
+}
+
+impl Diff for Pod<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, req metadata = "metadata", opt spec = "spec")
+    }
+}
+
+impl Diff for PodSpec<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after,
+            req containers = "containers",
+            opt init_containers = "initContainers",
+            opt service_account_name = "serviceAccountName",
+            opt volumes = "volumes",
+        )
+    }
+}
+
+impl Diff for Container<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after,
+            opt args = "args",
+            opt command = "command",
+            opt env = "env",
+            req name = "name",
+            opt termination_message_path = "terminationMessagePath",
+            opt volume_mounts = "volumeMounts",
+        )
+    }
+}
+
+impl Diff for Workload<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, req metadata = "metadata", opt spec = "spec")
+    }
+}
+
+impl Diff for WorkloadSpec<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after,
+            opt jax_replica_specs = "jaxReplicaSpecs",
+            opt mpi_replica_specs = "mpiReplicaSpecs",
+            opt paddle_replica_specs = "paddleReplicaSpecs",
+            opt pytorch_replica_specs = "pytorchReplicaSpecs",
+            opt replicated_jobs = "replicatedJobs",
+            opt runtime_patches = "runtimePatches",
+            opt template = "template",
+            opt tf_replica_specs = "tfReplicaSpecs",
+            opt xgb_replica_specs = "xgbReplicaSpecs",
+        )
+    }
+}
+
+impl Diff for ReplicaSpec<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt template = "template")
+    }
+}
+
+impl Diff for ReplicatedJob<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt name = "name", opt template = "template")
+    }
+}
+
+impl Diff for JobTemplate<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt spec = "spec")
+    }
+}
+
+impl Diff for JobTemplateSpec<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt template = "template")
+    }
+}
+
+impl Diff for RuntimePatch<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after,
+            opt manager = "manager",
+            opt training_runtime_spec = "trainingRuntimeSpec",
+        )
+    }
+}
+
+impl Diff for RuntimeSpecPatch<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt template = "template")
+    }
+}
+
+impl Diff for JobSetTemplatePatch<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt spec = "spec")
+    }
+}
+
+impl Diff for JobSetSpecPatch<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt replicated_jobs = "replicatedJobs")
+    }
+}
+
+impl Diff for PodTemplate<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, opt metadata = "metadata", opt spec = "spec")
+    }
+}
+
+impl Diff for TemplateSpec<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after,
+            opt service_account = "serviceAccount",
+            opt service_account_name = "serviceAccountName",
+        )
+    }
+}
+
+impl Diff for MetaOnly<'_> {
+    fn diff<'v>(&'v self, after: &'v Self, d: &mut Differ<'v>) -> Result {
+        object!(d, self, after, req metadata = "metadata")
     }
 }
 
@@ -255,17 +381,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Named, OwnerReference, VolumeMount};
+    use crate::model::{Labels, Named, OwnerReference, VolumeMount};
 
-    /// The pruned diff is the diff of the whole views.
-    fn same_as_whole<T: Prune + Serialize + Clone>(before: &T, after: &T) -> json_patch::Patch {
+    /// The typed diff is the diff of the whole views.
+    fn same_as_whole<T: Diff>(before: &T, after: &T) -> json_patch::Patch {
         let whole = json_patch::diff(
             &serde_json::to_value(before).unwrap(),
             &serde_json::to_value(after).unwrap(),
         );
-        let pruned = diff(before.clone(), after.clone()).unwrap();
-        assert_eq!(pruned, whole);
-        pruned
+        let typed = diff(before, after).unwrap();
+        assert_eq!(typed, whole);
+        typed
     }
 
     fn labels<'a>(pairs: &[(&'a str, &'a str)]) -> Option<Labels<'a>> {
@@ -499,5 +625,300 @@ mod tests {
         let mut after = before.clone();
         after.metadata.set_label("kubeflow-extension", "true");
         assert_eq!(same_as_whole(&before, &after).0.len(), 1);
+    }
+
+    /// Generated views: small alphabets, so that two independent views share keys, names and
+    /// list prefixes often; keys with `/` and `~` test the path escapes.
+    mod generated {
+        use proptest::{collection, option, prelude::*};
+        use serde_json::{Map, Value};
+
+        use super::*;
+        use crate::{
+            config::DEFAULT_TRUSTED_CONTROLLERS,
+            model::{
+                InitContainer, JobSetSpecPatch, JobSetTemplatePatch, JobTemplate, JobTemplateSpec,
+                ReplicaSpec, ReplicaSpecs, RuntimePatch, RuntimeSpecPatch, TemplateSpec,
+            },
+            policy,
+            testing::config,
+        };
+
+        fn word() -> impl Strategy<Value = Str<'static>> {
+            prop_oneof![
+                Just("a"),
+                Just("b"),
+                Just("x/y"),
+                Just("t~1"),
+                Just("true"),
+                Just("notebook-name"),
+                Just("kubeflow-extension"),
+                Just("sidecar.istio.io/inject"),
+                Just("default-editor"),
+            ]
+            .prop_map(Str::from)
+        }
+
+        fn words(max: usize) -> impl Strategy<Value = Option<Vec<Str<'static>>>> {
+            option::of(collection::vec(word(), 0..max))
+        }
+
+        fn labels() -> impl Strategy<Value = Option<Labels<'static>>> {
+            option::of(collection::btree_map(word(), word(), 0..4))
+        }
+
+        fn owner() -> BoxedStrategy<OwnerReference<'static>> {
+            (
+                prop_oneof![
+                    Just("kubeflow.org/v1beta1"),
+                    Just("batch/v1"),
+                    Just("kubeflow.org/v1")
+                ],
+                prop_oneof![Just("Trial"), Just("Job"), Just("PyTorchJob")],
+                word(),
+                option::of(any::<bool>()),
+            )
+                .prop_map(|(api_version, kind, name, controller)| OwnerReference {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                    name,
+                    controller,
+                })
+                .boxed()
+        }
+
+        fn meta() -> BoxedStrategy<ObjectMeta<'static>> {
+            (
+                option::of(word()),
+                option::of(word()),
+                option::of(word()),
+                labels(),
+                labels(),
+                option::of(collection::vec(owner(), 0..3)),
+            )
+                .prop_map(
+                    |(name, generate_name, namespace, labels, annotations, owner_references)| {
+                        ObjectMeta {
+                            name,
+                            generate_name,
+                            namespace,
+                            labels,
+                            annotations,
+                            owner_references,
+                        }
+                    },
+                )
+                .boxed()
+        }
+
+        /// A list element read from an object (no body) or added by a rule.
+        fn named() -> BoxedStrategy<Named<'static>> {
+            let body = prop_oneof![
+                Just(json!({"value": "1"})),
+                Just(json!({"value": "2", "x": [1, {"y": null}]})),
+                Just(json!({"emptyDir": {}})),
+            ]
+            .prop_map(|v| match v {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            });
+            (word(), option::of(body))
+                .prop_map(|(name, body)| Named { name, body })
+                .boxed()
+        }
+
+        fn mount() -> impl Strategy<Value = VolumeMount<'static>> {
+            (word(), word(), option::of(any::<bool>())).prop_map(|(name, mount_path, read_only)| {
+                VolumeMount {
+                    name,
+                    mount_path,
+                    read_only,
+                }
+            })
+        }
+
+        fn container() -> BoxedStrategy<Container<'static>> {
+            (
+                word(),
+                words(4),
+                words(4),
+                option::of(collection::vec(named(), 0..5)),
+                option::of(collection::vec(mount(), 0..3)),
+                option::of(word()),
+            )
+                .prop_map(
+                    |(name, command, args, env, volume_mounts, termination_message_path)| {
+                        Container {
+                            name,
+                            command,
+                            args,
+                            env,
+                            volume_mounts,
+                            termination_message_path,
+                        }
+                    },
+                )
+                .boxed()
+        }
+
+        pub(super) fn pod() -> BoxedStrategy<Pod<'static>> {
+            let init =
+                (word(), option::of(word())).prop_map(|(name, restart_policy)| InitContainer {
+                    name,
+                    restart_policy,
+                });
+            let spec = (
+                collection::vec(container(), 0..3),
+                option::of(collection::vec(init, 0..2)),
+                option::of(collection::vec(named(), 0..4)),
+                option::of(word()),
+            )
+                .prop_map(
+                    |(containers, init_containers, volumes, service_account_name)| PodSpec {
+                        containers,
+                        init_containers,
+                        volumes,
+                        service_account_name,
+                    },
+                );
+            (meta(), option::of(spec))
+                .prop_map(|(metadata, spec)| Pod { metadata, spec })
+                .boxed()
+        }
+
+        fn template() -> BoxedStrategy<PodTemplate<'static>> {
+            let spec = (option::of(word()), option::of(word())).prop_map(
+                |(service_account_name, service_account)| TemplateSpec {
+                    service_account_name,
+                    service_account,
+                },
+            );
+            (option::of(meta()), option::of(spec))
+                .prop_map(|(metadata, spec)| PodTemplate { metadata, spec })
+                .boxed()
+        }
+
+        fn replica_specs() -> BoxedStrategy<Option<ReplicaSpecs<'static>>> {
+            let role = prop_oneof![Just("Master"), Just("Worker")].prop_map(Str::from);
+            let spec =
+                option::of(option::of(template()).prop_map(|template| ReplicaSpec { template }));
+            option::of(collection::btree_map(role, spec, 0..3)).boxed()
+        }
+
+        fn replicated_jobs() -> BoxedStrategy<Option<Vec<ReplicatedJob<'static>>>> {
+            let job = (option::of(word()), option::of(option::of(template()))).prop_map(
+                |(name, template)| ReplicatedJob {
+                    name,
+                    template: template.map(|template| JobTemplate {
+                        spec: Some(JobTemplateSpec { template }),
+                    }),
+                },
+            );
+            option::of(collection::vec(job, 0..3)).boxed()
+        }
+
+        pub(super) fn workload() -> BoxedStrategy<Workload<'static>> {
+            let runtime_patch =
+                (option::of(word()), replicated_jobs()).prop_map(|(manager, replicated_jobs)| {
+                    RuntimePatch {
+                        manager,
+                        training_runtime_spec: Some(RuntimeSpecPatch {
+                            template: Some(JobSetTemplatePatch {
+                                spec: Some(JobSetSpecPatch { replicated_jobs }),
+                            }),
+                        }),
+                    }
+                });
+            let spec = (
+                option::of(template()),
+                replica_specs(),
+                replica_specs(),
+                replicated_jobs(),
+                option::of(collection::vec(runtime_patch, 0..2)),
+            )
+                .prop_map(
+                    |(
+                        template,
+                        pytorch_replica_specs,
+                        tf_replica_specs,
+                        replicated_jobs,
+                        runtime_patches,
+                    )| {
+                        WorkloadSpec {
+                            template,
+                            pytorch_replica_specs,
+                            tf_replica_specs,
+                            replicated_jobs,
+                            runtime_patches,
+                            ..Default::default()
+                        }
+                    },
+                );
+            (meta(), option::of(spec))
+                .prop_map(|(metadata, spec)| Workload { metadata, spec })
+                .boxed()
+        }
+
+        /// The typed diff is `json_patch::diff` of the serialized views, and turns one into the
+        /// other.
+        fn check<T: Diff>(before: &T, after: &T) -> Result<(), TestCaseError> {
+            let (b, a) = (
+                serde_json::to_value(before).unwrap(),
+                serde_json::to_value(after).unwrap(),
+            );
+            let typed = diff(before, after).unwrap();
+            prop_assert_eq!(&typed, &json_patch::diff(&b, &a));
+            let mut patched = b;
+            json_patch::patch(&mut patched, &typed).unwrap();
+            prop_assert_eq!(patched, a);
+            Ok(())
+        }
+
+        fn user() -> impl Strategy<Value = Option<&'static str>> {
+            option::of(prop_oneof![
+                Just(DEFAULT_TRUSTED_CONTROLLERS[0]),
+                Just(DEFAULT_TRUSTED_CONTROLLERS[2]),
+                Just("alice@example.com")
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn any_two_pods(before in pod(), after in pod()) {
+                check(&before, &after)?;
+            }
+
+            #[test]
+            fn any_two_workloads(before in workload(), after in workload()) {
+                check(&before, &after)?;
+            }
+
+            #[test]
+            fn any_two_metas(before in meta(), after in meta()) {
+                check(&MetaOnly { metadata: before }, &MetaOnly { metadata: after })?;
+            }
+
+            /// What the rules make of generated objects, in both modes.
+            #[test]
+            fn pods_as_the_rules_change_them(before in pod(), user in user()) {
+                for mode in ["kfpAccess: token", "kfpAccess: header"] {
+                    let after = policy::mutate_pod(&before, "alice", user, &config(mode)).object;
+                    check(&before, &after)?;
+                }
+            }
+
+            #[test]
+            fn workloads_as_the_rules_change_them(before in workload(), old in workload(), user in user()) {
+                for mode in ["kfpAccess: token", "kfpAccess: header"] {
+                    let config = config(mode);
+                    let after = policy::mutate_workload(&before, "alice", user, &config).object;
+                    check(&before, &after)?;
+                    let after = policy::guard_workload_update(&before, &old, "alice", &config).object;
+                    check(&before, &after)?;
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! Shared pieces of the benchmark binaries: process figures from /proc, histogram summaries,
-//! machine description, and the allocator the reference webhook shares with the real server.
+//! machine description, the allocator the reference webhook shares with the real server, and the
+//! limit webhook's review.
 
 use std::{path::Path, time::Duration};
+
+pub mod limit;
 
 use serde::Serialize;
 
