@@ -36,7 +36,12 @@ pub struct ManifestsArgs {
     #[arg(long, value_name = "FILE", env = "TENANCY_FIXER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Write the kustomize tree (base, default install, overlays/cert-manager) into DIR instead, e.g. deploy.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["ca_bundle", "cert_manager"])]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TENANCY_FIXER_KUSTOMIZE",
+        conflicts_with_all = ["ca_bundle", "cert_manager"]
+    )]
     pub kustomize: Option<PathBuf>,
 }
 
