@@ -935,7 +935,11 @@ mod tests {
             assert!(!r[0].note.contains('\r') && !r[0].note.contains('\0'));
             // The note says what is wrong with the name.
             let why = problem.to_string();
-            assert!(why.contains("owner") && r[0].note.starts_with(&why), "{}", r[0].note);
+            assert!(
+                why.contains("owner") && r[0].note.starts_with(&why),
+                "{}",
+                r[0].note
+            );
             // Token mode does not use the owner.
             let token = config("kfpAccess: token");
             assert_eq!(desired_all(&pr, &token).objects.len(), 1);
