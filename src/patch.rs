@@ -155,9 +155,12 @@ macro_rules! member {
     };
 }
 
-/// The diff of a struct serialized as an object: its fields, listed in key order.
+/// The diff of a struct serialized as an object: its fields, listed in key order. Every field
+/// must be listed (the pattern below does not compile otherwise), so a field added to a view
+/// cannot be left out of its patch.
 macro_rules! object {
     ($d:ident, $before:ident, $after:ident, $($presence:ident $field:ident = $key:literal),+ $(,)?) => {{
+        let Self { $($field: _),+ } = $before;
         $( $d.member($key, member!($presence, $before.$field), member!($presence, $after.$field))?; )+
         $( $d.removed(
             $key,
