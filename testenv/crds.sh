@@ -18,13 +18,7 @@ case "${1:-}" in
   *) echo "usage: $0 [--print-sums]" >&2; exit 2 ;;
 esac
 
-# The same module cache as testenv/build.sh (TESTENV_CACHE_DIR moves it).
-cache="${TESTENV_CACHE_DIR:-$root/target}"
-export GOMODCACHE="$cache/go-mod"
-export GOFLAGS="${GOFLAGS:-} -modcacherw"
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-  export PATH="/usr/local/go/bin:$PATH"
-fi
+. "$root/testenv/go-env.sh"   # only the module cache is used here
 mkdir -p "$root/target" "$GOMODCACHE"
 
 # Everything the result depends on (this script too), as one fingerprint.

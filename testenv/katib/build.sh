@@ -36,15 +36,7 @@ if [[ $fresh -eq 1 ]]; then
   exit 0
 fi
 
-# Same cache layout as testenv/build.sh (TESTENV_CACHE_DIR shares it between clones).
-cache="${TESTENV_CACHE_DIR:-$root/target}"
-export GOCACHE="$cache/go-cache"
-export GOMODCACHE="$cache/go-mod"
-export CGO_ENABLED=0
-export GOFLAGS="${GOFLAGS:-} -modcacherw"
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-  export PATH="/usr/local/go/bin:$PATH"
-fi
+. "$root/testenv/go-env.sh"
 mkdir -p "$out" "$GOCACHE" "$GOMODCACHE"
 
 start=$(date +%s)
